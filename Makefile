@@ -1,0 +1,73 @@
+# The verbs a newcomer uses. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# Debian packages by the command that proves each is there. kubectl may come from
+# another package (e.g. a cloud SDK), so it is only installed when no kubectl exists.
+DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl
+PROTO_SRC := proto/kubeca/v1/kubeca.proto
+PROTO_OUT := client/kubeca_client/_proto
+
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench clean
+
+help:
+	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
+	@echo "make test   - install what is missing, lint, type-check, proto drift check, all tests"
+	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
+	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
+	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
+
+deps: deps-system deps-python
+
+deps-system:
+	@missing=""; for pair in $(DEB_NEEDS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+deps-python: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[server,dev]'
+	touch $@
+
+proto: deps-python
+	bash scripts/gen-proto.sh $(PY) $(PROTO_OUT)
+
+# Regenerate into a scratch directory and compare: CI fails when the committed code drifts.
+proto-check: deps-python
+	@tmp=$$(mktemp -d); bash scripts/gen-proto.sh $(PY) $$tmp/out >/dev/null; \
+	if diff -r -x __pycache__ $$tmp/out $(PROTO_OUT) >/dev/null; then echo "proto: generated code matches proto/"; rm -rf $$tmp; \
+	else echo "proto: $(PROTO_OUT) drifted from proto/; run 'make proto'"; diff -r -x __pycache__ $$tmp/out $(PROTO_OUT) | head -20; rm -rf $$tmp; exit 1; fi
+
+lint: deps-python
+	$(BIN)/ruff check client server tests bench scripts
+	$(BIN)/ruff format --check client server tests bench scripts
+	$(BIN)/mypy
+
+unit: deps-python
+	$(BIN)/pytest -q tests/unit
+
+test: deps lint proto-check
+	$(BIN)/pytest -q -ra tests
+
+demo: deps
+	bash scripts/demo.sh
+
+serve: deps
+	@test -f var/kubeca.toml || { echo "var/kubeca.toml is missing: run 'make demo' once first"; exit 2; }
+	SOFTHSM2_CONF=$(CURDIR)/var/softhsm2.conf $(BIN)/kubeca-server --config var/kubeca.toml serve
+
+bench: deps
+	$(PY) bench/issuance.py
+
+clean:
+	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""A typed client over the generated stub.
+
+Every call has a deadline (a bootstrap script must never hang), and every
+``grpc.RpcError`` becomes the shared error taxonomy here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from cryptography import x509
+
+from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
+from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
+from kubeca_client.config import DEFAULT_TIMEOUT_SECONDS, ClientConfig
+from kubeca_client.errors import (
+    BY_STATUS,
+    DeadlineExceeded,
+    InternalError,
+    KubecaError,
+    Unavailable,
+)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate_pem: str
+    ca_certificate_pem: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str
+    authority: str
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.certificate_pem.encode())
+
+
+@dataclass(frozen=True)
+class CACertificate:
+    authority: str
+    certificate_pem: str
+    ca_cert_hash: str
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class ProfileParameter:
+    name: str
+    description: str
+    required: bool
+    default_value: str
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    name: str
+    authority: str
+    common_name: str
+    organizations: tuple[str, ...]
+    key_usages: tuple[str, ...]
+    extended_key_usages: tuple[str, ...]
+    san_rule: str
+    parameters: tuple[ProfileParameter, ...]
+    default_lifetime_seconds: int
+    max_lifetime_seconds: int
+    enabled: bool
+
+
+def _utc(stamp: object) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined, no-any-return]
+
+
+def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
+    """The taxonomy's error for a failed call; the one place that reads status codes."""
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"kubeca service at {address} is unavailable: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"kubeca service at {address} did not answer in time")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return BY_STATUS["INVALID_ARGUMENT"](f"request refused as too large: {details}")
+    return BY_STATUS.get(code.name, InternalError)(details)
+
+
+class Client:
+    def __init__(self, address: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.address = address
+        self.timeout = timeout_seconds
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.CertificateAuthorityStub(self._channel)
+
+    @classmethod
+    def from_config(cls, config: ClientConfig) -> Client:
+        return cls(config.address, config.timeout_seconds)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+    def issue_certificate(
+        self,
+        profile: str,
+        csr: bytes,
+        parameters: Mapping[str, str] | None = None,
+        lifetime_seconds: int = 0,
+    ) -> IssuedCertificate:
+        request = pb.IssueCertificateRequest(
+            profile=profile,
+            csr=csr,
+            parameters=dict(parameters or {}),
+            lifetime_seconds=lifetime_seconds,
+        )
+        with self._call():
+            r = self._stub.IssueCertificate(request, timeout=self.timeout)
+        return IssuedCertificate(
+            certificate_pem=r.certificate_pem,
+            ca_certificate_pem=r.ca_certificate_pem,
+            serial=r.serial,
+            not_before=_utc(r.not_before),
+            not_after=_utc(r.not_after),
+            fingerprint_sha256=r.fingerprint_sha256,
+            authority=r.authority,
+        )
+
+    def ca_certificates(self, authority: str = "") -> list[CACertificate]:
+        with self._call():
+            r = self._stub.GetCACertificates(
+                pb.GetCACertificatesRequest(authority=authority), timeout=self.timeout
+            )
+        return [
+            CACertificate(a.authority, a.certificate_pem, a.ca_cert_hash, _utc(a.not_after))
+            for a in r.authorities
+        ]
+
+    def profiles(self) -> list[ProfileInfo]:
+        with self._call():
+            r = self._stub.ListProfiles(pb.ListProfilesRequest(), timeout=self.timeout)
+        return [
+            ProfileInfo(
+                name=p.name,
+                authority=p.authority,
+                common_name=p.common_name,
+                organizations=tuple(p.organizations),
+                key_usages=tuple(p.key_usages),
+                extended_key_usages=tuple(p.extended_key_usages),
+                san_rule=p.san_rule,
+                parameters=tuple(
+                    ProfileParameter(q.name, q.description, q.required, q.default_value)
+                    for q in p.parameters
+                ),
+                default_lifetime_seconds=p.default_lifetime_seconds,
+                max_lifetime_seconds=p.max_lifetime_seconds,
+                enabled=p.enabled,
+            )
+            for p in r.profiles
+        ]

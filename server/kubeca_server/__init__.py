@@ -1,0 +1,1 @@
+"""kubeca server: the HSM-backed certificate authority service."""

@@ -1,0 +1,141 @@
+"""The three cluster CAs: creating them in the HSM once, and loading them at start.
+
+A CA is its HSM key plus its self-signed certificate kept in the state directory.
+``init`` never replaces a key; ``load`` refuses to start when a certificate does not
+belong to its key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from kubeca_client.errors import ConfigError
+from kubeca_client.files import atomic_write
+
+from kubeca_server.config import AuthorityConfig, ServerConfig
+from kubeca_server.keys import CAPrivateKey, KeyBackend
+from kubeca_server.lint import Linter
+from kubeca_server.profiles import CA_COMMON_NAMES, Issuer, build_ca
+from kubeca_server.serials import new_serial
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    name: str
+    certificate: x509.Certificate
+    key: CAPrivateKey
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.certificate.public_bytes(Encoding.PEM).decode()
+
+    @property
+    def issuer(self) -> Issuer:
+        return Issuer(
+            name=self.certificate.subject,
+            public_key=self.key.public_key(),
+            not_after=self.certificate.not_valid_after_utc,
+        )
+
+    @property
+    def ca_cert_hash(self) -> str:
+        return spki_hash(self.certificate)
+
+
+def spki_hash(certificate: x509.Certificate) -> str:
+    """kubeadm's --discovery-token-ca-cert-hash: sha256 of the SubjectPublicKeyInfo DER."""
+    spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _same_key(certificate: x509.Certificate, key: CAPrivateKey) -> bool:
+    spki = Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    return certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+
+
+def _read_certificate(config: ServerConfig, name: str) -> x509.Certificate | None:
+    path = config.ca_dir / f"{name}.crt"
+    if not path.exists():
+        return None
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM certificate") from None
+
+
+def _create_certificate(
+    config: ServerConfig, authority: AuthorityConfig, key: CAPrivateKey, linter: Linter
+) -> x509.Certificate:
+    builder = build_ca(
+        CA_COMMON_NAMES[authority.name],
+        key.public_key(),
+        new_serial(),
+        datetime.now(UTC),
+        authority.lifetime,
+    )
+    linter.check(builder, key)
+    certificate = builder.sign(key, hashes.SHA256())
+    config.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(config.ca_dir / f"{authority.name}.crt", certificate.public_bytes(Encoding.PEM))
+    return certificate
+
+
+def init_authorities(config: ServerConfig, backend: KeyBackend, linter: Linter) -> list[str]:
+    """Create what is missing; return one line per CA saying what was done."""
+    report: list[str] = []
+    for authority in config.authorities.values():
+        key = backend.find_key(authority.key_label)
+        certificate = _read_certificate(config, authority.name)
+        if key is None and certificate is not None:
+            raise ConfigError(
+                f"{authority.name}: {config.ca_dir / (authority.name + '.crt')} exists but the "
+                f"token has no key labelled {authority.key_label!r}; refusing to make a new CA "
+                "under an existing certificate (restore the token, or remove the certificate)"
+            )
+        if key is None:
+            key = backend.create_key(authority.key_label, authority.key_algorithm)
+            _create_certificate(config, authority, key, linter)
+            report.append(
+                f"{authority.name}: created an {authority.key_algorithm.value} key in the HSM "
+                "and its self-signed certificate"
+            )
+        elif certificate is None:
+            _create_certificate(config, authority, key, linter)
+            report.append(f"{authority.name}: key existed; created its certificate")
+        elif not _same_key(certificate, key):
+            raise ConfigError(
+                f"{authority.name}: the certificate in {config.ca_dir} does not match the HSM "
+                f"key {authority.key_label!r}"
+            )
+        else:
+            report.append(f"{authority.name}: already initialized, nothing changed")
+    return report
+
+
+def load_authorities(config: ServerConfig, backend: KeyBackend) -> dict[str, CertificateAuthority]:
+    """Every CA, checked: certificate present, a CA, current, and bound to its HSM key."""
+    loaded: dict[str, CertificateAuthority] = {}
+    now = datetime.now(UTC)
+    for authority in config.authorities.values():
+        certificate = _read_certificate(config, authority.name)
+        key = backend.find_key(authority.key_label)
+        if certificate is None or key is None:
+            missing = "certificate" if certificate is None else f"HSM key {authority.key_label!r}"
+            raise ConfigError(
+                f"{authority.name}: its {missing} is missing; run 'kubeca-server --config "
+                f"{config.path} init' first"
+            )
+        if not _same_key(certificate, key):
+            raise ConfigError(
+                f"{authority.name}: {config.ca_dir / (authority.name + '.crt')} does not match "
+                f"the HSM key {authority.key_label!r}; refusing to start"
+            )
+        if certificate.not_valid_after_utc <= now:
+            raise ConfigError(f"{authority.name}: the CA certificate expired")
+        loaded[authority.name] = CertificateAuthority(authority.name, certificate, key)
+    return loaded

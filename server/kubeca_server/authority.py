@@ -1,0 +1,217 @@
+"""The only place that decides: authorize, render, check, lint, sign, audit, return.
+
+Every decision, issued or refused, leaves exactly one audit record, and a certificate
+is returned only after its record is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from kubeca_client.errors import InvalidArgument, KubecaError, NotFound, PermissionDenied
+
+from kubeca_server.audit import AuditLog
+from kubeca_server.authorities import CertificateAuthority
+from kubeca_server.config import LeafConfig
+from kubeca_server.csr import (
+    check_requested_sans,
+    check_requested_subject,
+    leaf_public_key,
+    parse_csr,
+)
+from kubeca_server.lint import Linter
+from kubeca_server.profiles import MIN_LIFETIME, PROFILES, Profile, build_leaf, parse_inputs
+from kubeca_server.serials import new_serial
+
+log = structlog.get_logger("kubeca.authority")
+
+MAX_PARAMETERS = 32
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, as far as the service layer could tell."""
+
+    identity: str
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    profile: str
+    csr: bytes
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    lifetime: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate: x509.Certificate
+    authority: CertificateAuthority
+    profile: Profile
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.certificate.public_bytes(Encoding.PEM).decode()
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.certificate.serial_number, "x")
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        return self.certificate.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    profile: Profile
+    enabled: bool
+    default_lifetime: timedelta
+    max_lifetime: timedelta
+
+
+class Authority:
+    def __init__(
+        self,
+        authorities: Mapping[str, CertificateAuthority],
+        leaf: LeafConfig,
+        audit: AuditLog,
+        linter: Linter,
+        *,
+        enable_super_admin: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._authorities = dict(authorities)
+        self._leaf = leaf
+        self._audit = audit
+        self._linter = linter
+        self._enable_super_admin = enable_super_admin
+        self._clock = clock
+
+    # --- reads -------------------------------------------------------------------
+
+    def ca_certificates(self, name: str = "") -> list[CertificateAuthority]:
+        if not name:
+            return list(self._authorities.values())
+        if name not in self._authorities:
+            known = ", ".join(self._authorities)
+            raise NotFound(f"no certificate authority named {name[:64]!r} (known: {known})")
+        return [self._authorities[name]]
+
+    def profiles(self) -> list[ProfileView]:
+        return [
+            ProfileView(p, self._enabled(p), self._leaf.default_lifetime, self._leaf.max_lifetime)
+            for p in PROFILES.values()
+        ]
+
+    def _enabled(self, profile: Profile) -> bool:
+        return self._enable_super_admin or not profile.grants_system_masters
+
+    # --- the decision ------------------------------------------------------------
+
+    def issue(self, caller: Caller, request: IssueRequest) -> IssuedCertificate:
+        record: dict[str, Any] = {
+            "caller": caller.identity,
+            "peer": caller.peer,
+            "profile": request.profile[:64],
+            "parameters": {k[:64]: v[:256] for k, v in list(request.parameters.items())[:64]},
+            "lifetime_seconds": int(request.lifetime.total_seconds()) if request.lifetime else 0,
+        }
+        try:
+            issued = self._decide(request, record)
+        except KubecaError as exc:
+            self._audit.record(
+                "certificate.refused",
+                "warning",
+                outcome="refused",
+                reason=exc.message,
+                status=exc.status,
+                **record,
+            )
+            raise
+        except Exception:
+            log.exception("issue.failed", profile=record["profile"])
+            self._audit.record(
+                "certificate.refused",
+                "error",
+                outcome="error",
+                reason="internal error",
+                status="INTERNAL",
+                **record,
+            )
+            raise
+        masters = issued.profile.grants_system_masters
+        # The record must be durable before the certificate leaves: AuditLog.record
+        # fsyncs, and raises instead of returning when it cannot.
+        self._audit.record(
+            "certificate.issued",
+            "critical" if masters else "info",
+            outcome="issued",
+            authority=issued.authority.name,
+            serial=issued.serial_hex,
+            fingerprint_sha256=issued.fingerprint_sha256,
+            subject=issued.certificate.subject.rfc4514_string(),
+            not_before=issued.certificate.not_valid_before_utc.isoformat(),
+            not_after=issued.certificate.not_valid_after_utc.isoformat(),
+            system_masters=masters,
+            **record,
+        )
+        return issued
+
+    def _decide(self, request: IssueRequest, record: dict[str, Any]) -> IssuedCertificate:
+        profile = PROFILES.get(request.profile)
+        if profile is None:
+            raise NotFound(
+                f"no profile named {request.profile[:64]!r}; known profiles: " + ", ".join(PROFILES)
+            )
+        if not self._enabled(profile):
+            raise PermissionDenied(
+                f"profile {profile.name} issues {profile.organizations[0]} certificates "
+                "(unrevocable cluster-admin) and is disabled; an operator must enable it "
+                "explicitly in the server config ([profiles] enable_super_admin = true)"
+            )
+        if len(request.parameters) > MAX_PARAMETERS:
+            raise InvalidArgument(f"at most {MAX_PARAMETERS} parameters are accepted")
+        csr = parse_csr(request.csr)
+        record["requested_subject"] = csr.subject.rfc4514_string()[:512]
+        public_key = leaf_public_key(csr)
+        record["public_key_sha256"] = hashlib.sha256(
+            public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        ).hexdigest()
+        inputs = parse_inputs(profile, request.parameters)
+        check_requested_subject(csr, profile.subject(inputs))
+        check_requested_sans(csr, profile.sans(inputs))
+        lifetime = self._lifetime(request.lifetime)
+        authority = self._authorities[profile.authority]
+        builder = build_leaf(
+            profile, inputs, public_key, authority.issuer, new_serial(), self._clock(), lifetime
+        )
+        self._linter.check(builder, authority.key)
+        certificate = builder.sign(authority.key, hashes.SHA256())
+        # A faulty HSM or a key swapped under us must not produce a bad certificate.
+        certificate.verify_directly_issued_by(authority.certificate)
+        return IssuedCertificate(certificate, authority, profile)
+
+    def _lifetime(self, requested: timedelta | None) -> timedelta:
+        if requested is None:
+            return self._leaf.default_lifetime
+        if requested < MIN_LIFETIME:
+            raise InvalidArgument(
+                f"lifetime of {int(requested.total_seconds())}s is below the minimum of "
+                f"{int(MIN_LIFETIME.total_seconds())}s"
+            )
+        if requested > self._leaf.max_lifetime:
+            raise InvalidArgument(
+                f"lifetime of {int(requested.total_seconds())}s exceeds the maximum of "
+                f"{int(self._leaf.max_lifetime.total_seconds())}s"
+            )
+        return requested

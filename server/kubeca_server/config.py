@@ -1,0 +1,217 @@
+"""The server's TOML configuration, parsed once into frozen dataclasses.
+
+A wrong configuration stops the server at start with a message that names the key.
+Secrets (the HSM PIN) are never in this file: it names a file or an environment
+variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from kubeca_client.errors import ConfigError
+from kubeca_client.keys import KeyAlgorithm
+
+AUTHORITY_NAMES = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
+DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    module: str
+    token_label: str
+    pin_file: Path | None
+    pin_env: str | None
+
+    def read_pin(self) -> str:
+        if self.pin_file is not None:
+            try:
+                pin = self.pin_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"hsm.pin_file: cannot read {self.pin_file}: {exc.strerror}"
+                ) from None
+            if not pin:
+                raise ConfigError(f"hsm.pin_file: {self.pin_file} is empty")
+            return pin
+        assert self.pin_env is not None
+        pin = os.environ.get(self.pin_env, "").strip()
+        if not pin:
+            raise ConfigError(f"hsm.pin_env: environment variable {self.pin_env} is not set")
+        return pin
+
+
+@dataclass(frozen=True)
+class AuthorityConfig:
+    name: str
+    key_algorithm: KeyAlgorithm
+    lifetime: timedelta
+
+    @property
+    def key_label(self) -> str:
+        return f"kubeca/{self.name}"
+
+
+@dataclass(frozen=True)
+class LeafConfig:
+    default_lifetime: timedelta
+    max_lifetime: timedelta
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: Path
+    listen: str
+    state_dir: Path
+    audit_log: Path
+    max_request_bytes: int
+    hsm: HsmConfig
+    authorities: Mapping[str, AuthorityConfig]
+    leaf: LeafConfig
+    enable_super_admin: bool
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.state_dir / "ca"
+
+
+class _Table:
+    """A TOML table that remembers its dotted path, for error messages."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            where = f"[{path}]" if path else "the top level"
+            raise ConfigError(
+                f"unknown key {self._key(path, unknown[0])!r} in {where}; "
+                f"known keys: {', '.join(sorted(allowed))}"
+            )
+        self.data = data
+        self.path = path
+
+    @staticmethod
+    def _key(path: str, key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    def key(self, key: str) -> str:
+        return self._key(self.path, key)
+
+    def table(self, key: str, allowed: set[str]) -> _Table:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.key(key)} must be a table")
+        return _Table(value, self.key(key), allowed)
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.key(key)} must be a non-empty string")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        if key not in self.data:
+            return None
+        return self.string(key)
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.key(key)} must be an integer")
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{self.key(key)} must be between {minimum} and {maximum}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(key)} must be true or false")
+        return value
+
+
+def load_config(path: Path) -> ServerConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
+    base = path.parent
+    top = _Table(
+        raw,
+        "",
+        {
+            "listen",
+            "state_dir",
+            "audit_log",
+            "max_request_bytes",
+            "hsm",
+            "authorities",
+            "leaf",
+            "profiles",
+        },
+    )
+
+    def resolve(text: str) -> Path:
+        candidate = Path(text)
+        return candidate if candidate.is_absolute() else (base / candidate).resolve()
+
+    listen = top.string("listen", "127.0.0.1:7443")
+    if ":" not in listen:
+        raise ConfigError("listen must be HOST:PORT, e.g. 127.0.0.1:7443")
+    state_dir = resolve(top.string("state_dir", "state"))
+    audit_log = resolve(top.string("audit_log", str(state_dir / "audit.log")))
+
+    hsm_table = top.table("hsm", {"module", "token_label", "pin_file", "pin_env"})
+    pin_file = hsm_table.optional_string("pin_file")
+    pin_env = hsm_table.optional_string("pin_env")
+    if (pin_file is None) == (pin_env is None):
+        raise ConfigError("set exactly one of hsm.pin_file and hsm.pin_env")
+    hsm = HsmConfig(
+        module=hsm_table.string("module", DEFAULT_MODULE),
+        token_label=hsm_table.string("token_label"),
+        pin_file=resolve(pin_file) if pin_file else None,
+        pin_env=pin_env,
+    )
+
+    authorities_table = top.table("authorities", set(AUTHORITY_NAMES))
+    authorities: dict[str, AuthorityConfig] = {}
+    for name in AUTHORITY_NAMES:
+        table = authorities_table.table(name, {"key_algorithm", "lifetime_days"})
+        algorithm_text = table.string("key_algorithm", KeyAlgorithm.ECDSA_P256.value)
+        try:
+            algorithm = KeyAlgorithm.parse(algorithm_text)
+        except ValueError as exc:
+            raise ConfigError(f"{table.key('key_algorithm')}: {exc}") from None
+        days = table.integer("lifetime_days", 3650, 1, 36500)
+        authorities[name] = AuthorityConfig(name, algorithm, timedelta(days=days))
+
+    leaf_table = top.table("leaf", {"default_lifetime_days", "max_lifetime_days"})
+    max_days = leaf_table.integer("max_lifetime_days", 365, 1, 3650)
+    default_days = leaf_table.integer("default_lifetime_days", min(365, max_days), 1, max_days)
+
+    profiles_table = top.table("profiles", {"enable_super_admin"})
+
+    return ServerConfig(
+        path=path,
+        listen=listen,
+        state_dir=state_dir,
+        audit_log=audit_log,
+        max_request_bytes=top.integer(
+            "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, 4096, 4 * 1024 * 1024
+        ),
+        hsm=hsm,
+        authorities=authorities,
+        leaf=LeafConfig(timedelta(days=default_days), timedelta(days=max_days)),
+        enable_super_admin=profiles_table.boolean("enable_super_admin", False),
+    )

@@ -1,0 +1,23 @@
+"""The interface every key backend implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from kubeca_client.keys import KeyAlgorithm
+
+CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class KeyBackend(Protocol):
+    def find_key(self, label: str) -> CAPrivateKey | None:
+        """The key labelled ``label``, or None when there is none."""
+
+    def create_key(self, label: str, algorithm: KeyAlgorithm) -> CAPrivateKey:
+        """Generate a new key; it must not exist yet. Never replaces a key."""
+
+    def probe(self) -> None:
+        """Raise ``Unavailable`` unless the backend can sign right now."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,199 @@
+"""The gRPC servicer: decode, identify the caller, call the authority, map errors.
+
+No policy here. Errors of the shared taxonomy become their status code with their
+message; anything else becomes INTERNAL with a fixed message and an incident id,
+while the traceback goes to the server log only.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import NoReturn
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2
+from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
+from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
+from kubeca_client.errors import InvalidArgument, KubecaError, Unavailable
+
+from kubeca_server.authority import Authority, Caller, IssueRequest
+from kubeca_server.profiles import EKU_NAMES, LEAF_KEY_USAGES
+
+log = structlog.get_logger("kubeca.service")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CertificateAuthority"].full_name
+MAX_LIFETIME_SECONDS = 100 * 365 * 24 * 3600
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 in step with the HSM: NOT_SERVING while it is unreachable."""
+
+    def __init__(self, probe: Callable[[], None], interval: float = 5.0) -> None:
+        self.servicer = health.HealthServicer()
+        self._probe = probe
+        self._interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hsm-health", daemon=True)
+        self._serving: bool | None = None
+
+    def start(self) -> None:
+        self.check()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def recheck_soon(self) -> None:
+        self._wake.set()
+
+    def check(self) -> None:
+        try:
+            self._probe()
+        except KubecaError as exc:
+            self._set(False, exc.message)
+        else:
+            self._set(True, "")
+
+    def _set(self, serving: bool, reason: str) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.servicer.set(name, status)
+        if serving:
+            log.info("health.serving")
+        else:
+            log.error("health.not_serving", reason=reason)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.check()
+
+
+class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
+    def __init__(self, authority: Authority, health_monitor: HealthMonitor) -> None:
+        self._authority = authority
+        self._health = health_monitor
+
+    @contextmanager
+    def _mapped_errors(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+        try:
+            yield
+        except KubecaError as exc:
+            if isinstance(exc, Unavailable):
+                self._health.recheck_soon()
+            _abort(context, grpc.StatusCode[exc.status], exc.message)
+        except Exception:
+            incident = secrets.token_hex(6)
+            log.exception("rpc.internal_error", method=method, incident=incident)
+            _abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                f"internal error (incident {incident}); the details are in the server log",
+            )
+
+    def IssueCertificate(
+        self, request: pb.IssueCertificateRequest, context: grpc.ServicerContext
+    ) -> pb.IssueCertificateResponse:
+        with self._mapped_errors(context, "IssueCertificate"):
+            if not 0 <= request.lifetime_seconds <= MAX_LIFETIME_SECONDS:
+                raise InvalidArgument("lifetime_seconds must be 0 (the default) or positive")
+            issued = self._authority.issue(
+                Caller(identity="anonymous", peer=context.peer()),
+                IssueRequest(
+                    profile=request.profile,
+                    csr=request.csr,
+                    parameters=dict(request.parameters),
+                    lifetime=timedelta(seconds=request.lifetime_seconds)
+                    if request.lifetime_seconds
+                    else None,
+                ),
+            )
+            certificate = issued.certificate
+            return pb.IssueCertificateResponse(
+                certificate_pem=issued.certificate_pem,
+                ca_certificate_pem=issued.authority.certificate_pem,
+                serial=issued.serial_hex,
+                not_before=_timestamp(certificate.not_valid_before_utc),
+                not_after=_timestamp(certificate.not_valid_after_utc),
+                fingerprint_sha256=issued.fingerprint_sha256,
+                authority=issued.authority.name,
+            )
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def GetCACertificates(
+        self, request: pb.GetCACertificatesRequest, context: grpc.ServicerContext
+    ) -> pb.GetCACertificatesResponse:
+        with self._mapped_errors(context, "GetCACertificates"):
+            return pb.GetCACertificatesResponse(
+                authorities=[
+                    pb.CACertificate(
+                        authority=ca.name,
+                        certificate_pem=ca.certificate_pem,
+                        ca_cert_hash=ca.ca_cert_hash,
+                        not_after=_timestamp(ca.certificate.not_valid_after_utc),
+                    )
+                    for ca in self._authority.ca_certificates(request.authority)
+                ]
+            )
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def ListProfiles(
+        self, request: pb.ListProfilesRequest, context: grpc.ServicerContext
+    ) -> pb.ListProfilesResponse:
+        with self._mapped_errors(context, "ListProfiles"):
+            profiles = []
+            for view in self._authority.profiles():
+                p = view.profile
+                profiles.append(
+                    pb.Profile(
+                        name=p.name,
+                        authority=p.authority,
+                        common_name=p.common_name,
+                        organizations=list(p.organizations),
+                        key_usages=list(LEAF_KEY_USAGES),
+                        extended_key_usages=[EKU_NAMES[eku] for eku in p.extended_key_usages],
+                        san_rule=p.san_rule,
+                        parameters=[
+                            pb.ProfileParameter(
+                                name=param.name,
+                                description=param.description,
+                                required=param in p.required,
+                                default_value=param.default,
+                            )
+                            for param in p.parameters
+                        ],
+                        default_lifetime_seconds=int(view.default_lifetime.total_seconds()),
+                        max_lifetime_seconds=int(view.max_lifetime.total_seconds()),
+                        enabled=view.enabled,
+                    )
+                )
+            return pb.ListProfilesResponse(profiles=profiles)
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")
