@@ -24,11 +24,12 @@ from kubeca_server.keys import CAPrivateKey
 from kubeca_server.names import is_dns1123_subdomain
 
 FAILING = {"FATAL", "ERROR"}
-# pkilint checks DNS names with a web-PKI rule that wants at least two labels, but
-# single-label names are valid RFC 1034 names and kubeadm requires two of them
-# ("kubernetes" in the apiserver certificate, "localhost" in etcd's). Exactly this
-# finding, for exactly such names, is accepted; every other error refuses.
-SINGLE_LABEL_DNS = "pkix.invalid_domain_name_syntax"
+# pkilint checks DNS names with the web-PKI rule of its `validators` dependency, which
+# wants at least two labels and no wildcard. Both are valid here: kubeadm requires the
+# single-label names "kubernetes" and "localhost" (and node names are often one label),
+# and accepts "*.example.com" extra SANs. Exactly this finding, for exactly such names
+# (DNS-1123 after an optional "*."), is accepted; every other error refuses.
+DNS_SYNTAX = "pkix.invalid_domain_name_syntax"
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,13 @@ class Finding:
 
 
 def _accepted(finding: Finding) -> bool:
-    if finding.code != SINGLE_LABEL_DNS:
+    if finding.code != DNS_SYNTAX:
         return False
     # pkilint's message is: Invalid domain name syntax: "<name>"
     quoted = finding.message.rpartition(": ")[2].strip('"')
-    return "." not in quoted and is_dns1123_subdomain(quoted)
+    wildcard = quoted.startswith("*.")
+    name = quoted.removeprefix("*.")
+    return is_dns1123_subdomain(name) and (wildcard or "." not in name)
 
 
 def _validator() -> Any:

@@ -53,6 +53,8 @@ RECOVERABLE: tuple[type[Exception], ...] = (
     pkcs11.exceptions.TokenNotRecognised,
     pkcs11.exceptions.GeneralError,
     pkcs11.exceptions.NoSuchToken,
+    # A key that vanished with its token; after recovery it means "unavailable".
+    pkcs11.exceptions.NoSuchKey,
     pkcs11.exceptions.KeyHandleInvalid,
     pkcs11.exceptions.FunctionFailed,
 )
@@ -113,7 +115,12 @@ class Pkcs11Backend:
             except (OSError, RuntimeError, pkcs11.exceptions.PKCS11Error) as exc:
                 raise ConfigError(f"cannot load PKCS#11 module {self._module}: {exc}") from None
         token = self._lib.get_token(token_label=self._token_label)
-        self._session = token.open(user_pin=self._pin, rw=True)
+        try:
+            self._session = token.open(user_pin=self._pin, rw=True)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # Login belongs to the process, not the session: someone in this process
+            # logged in already, and a second login is an error, not a no-op.
+            self._session = token.open(rw=True)
 
     def _reconnect(self) -> None:
         self._handles.clear()
@@ -229,9 +236,9 @@ class Pkcs11Backend:
 
     def probe(self) -> None:
         def ping(session: Any) -> None:
-            # A real object lookup, not just a cached handle: it fails once the
-            # token is gone, which is what the health check must notice.
-            list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}))
+            # C_GetTokenInfo fails once the token is gone. An object search would not:
+            # SoftHSM then answers an empty list, as if the token were merely empty.
+            self._lib.get_token(token_label=self._token_label)
 
         self._run(ping)
 

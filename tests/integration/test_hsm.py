@@ -1,0 +1,307 @@
+"""The HSM side, for real: key attributes in the token, init, start-up checks,
+restarts, concurrency across worker processes, recovery, and losing the token."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pkcs11
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kubeca_client.client import Client
+from kubeca_client.errors import Unavailable
+from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
+from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
+from pkcs11 import Attribute, ObjectClass
+
+from tests.support import (
+    SOFTHSM_MODULE,
+    RunningServer,
+    Token,
+    make_token,
+    run_server_cli,
+    write_server_config,
+)
+
+LABELS = ("kubeca/kubernetes-ca", "kubeca/etcd-ca", "kubeca/front-proxy-ca")
+
+
+@pytest.fixture(scope="module")
+def initialized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Token, Path]:
+    """A token of this module's own with the CAs created in it, and its config."""
+    base = tmp_path_factory.mktemp("hsm")
+    token = make_token(base / "hsm")
+    config = write_server_config(base / "server", token)
+    result = run_server_cli(config, token, "init")
+    assert result.stdout.count("created an ECDSA-P256 key in the HSM") == 3
+    return token, config
+
+
+@pytest.fixture(scope="module")
+def in_process_session(initialized: tuple[Token, Path]) -> Iterator[pkcs11.Session]:
+    """A python-pkcs11 session in the test process, to read what the token holds."""
+    token, _ = initialized
+    os.environ["SOFTHSM2_CONF"] = str(token.conf)
+    lib = pkcs11.lib(SOFTHSM_MODULE)
+    lib.reinitialize()  # SoftHSM reads SOFTHSM2_CONF at initialization
+    session = lib.get_token(token_label=token.label).open(user_pin=token.pin)
+    yield session
+    # The recovery test re-initializes the module, which ends every session in the
+    # process, this one included.
+    with contextlib.suppress(pkcs11.exceptions.SessionHandleInvalid):
+        session.close()
+
+
+def test_ca_keys_in_the_token_are_sensitive_never_extractable_and_sign_only(
+    in_process_session: pkcs11.Session,
+) -> None:
+    for label in LABELS:
+        key = in_process_session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+        assert key[Attribute.TOKEN] is True
+        assert key[Attribute.PRIVATE] is True
+        assert key[Attribute.SENSITIVE] is True
+        assert key[Attribute.ALWAYS_SENSITIVE] is True
+        assert key[Attribute.EXTRACTABLE] is False
+        assert key[Attribute.NEVER_EXTRACTABLE] is True
+        assert key[Attribute.SIGN] is True
+        assert key[Attribute.DECRYPT] is False
+        assert key[Attribute.DERIVE] is False
+        assert key[Attribute.UNWRAP] is False
+        with pytest.raises(pkcs11.exceptions.AttributeSensitive):
+            _ = key[Attribute.VALUE]
+
+
+def test_ca_certificates_belong_to_the_token_keys(
+    initialized: tuple[Token, Path], in_process_session: pkcs11.Session
+) -> None:
+    from pkcs11.util.ec import encode_ec_public_key
+
+    _, config = initialized
+    for label in LABELS:
+        name = label.removeprefix("kubeca/")
+        cert = x509.load_pem_x509_certificate(
+            (config.parent / "state/ca" / f"{name}.crt").read_bytes()
+        )
+        public = in_process_session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
+        spki = encode_ec_public_key(public)
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        assert (
+            cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == spki
+        )
+
+
+def test_no_ca_key_material_is_on_disk(initialized: tuple[Token, Path]) -> None:
+    _, config = initialized
+    state = config.parent / "state"
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert b"PRIVATE KEY" not in path.read_bytes(), path
+
+
+def test_init_is_idempotent_and_never_replaces_a_key(
+    initialized: tuple[Token, Path], in_process_session: pkcs11.Session
+) -> None:
+    token, config = initialized
+    ca_dir = config.parent / "state" / "ca"
+    before = {p.name: p.read_bytes() for p in ca_dir.iterdir()}
+    objects_before = len(list(in_process_session.get_objects()))
+    result = run_server_cli(config, token, "init")
+    assert result.stdout.count("already initialized, nothing changed") == 3
+    assert {p.name: p.read_bytes() for p in ca_dir.iterdir()} == before
+    assert len(list(in_process_session.get_objects())) == objects_before
+
+
+def test_init_refuses_a_certificate_without_its_key(
+    initialized: tuple[Token, Path], tmp_path: Path
+) -> None:
+    _, config = initialized
+    other = make_token(tmp_path / "empty-hsm", label="other")
+    copy = write_server_config(tmp_path / "server", other)
+    shutil.copytree(config.parent / "state" / "ca", tmp_path / "server" / "state" / "ca")
+    result = run_server_cli(copy, other, "init", check=False)
+    assert result.returncode != 0
+    assert "refusing to make a new CA under an existing certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_to_start_when_a_certificate_does_not_match_its_key(
+    initialized: tuple[Token, Path], tmp_path: Path
+) -> None:
+    token, config = initialized
+    swapped = write_server_config(tmp_path / "server", token)
+    ca_dir = tmp_path / "server" / "state" / "ca"
+    shutil.copytree(config.parent / "state" / "ca", ca_dir)
+    shutil.copy(ca_dir / "kubernetes-ca.crt", ca_dir / "etcd-ca.crt")
+    result = run_server_cli(swapped, token, "serve", check=False)
+    assert result.returncode == 78
+    assert "etcd-ca" in result.stderr and "does not match the HSM key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_pin_stops_the_server_with_a_clear_message(
+    initialized: tuple[Token, Path], tmp_path: Path
+) -> None:
+    token, _ = initialized
+    wrong = Token(tmp_path, token.label)
+    tmp_path.joinpath("hsm-pin").write_text("not-the-pin\n")
+    tmp_path.joinpath("softhsm2.conf").write_text(token.conf.read_text())
+    bad = write_server_config(tmp_path / "server", wrong)
+    result = run_server_cli(bad, wrong, "init", check=False)
+    assert result.returncode == 78
+    assert "refused the PIN" in result.stderr
+    assert "not-the-pin" not in result.stderr + result.stdout
+
+
+def _issue_admin(client: Client) -> x509.Certificate:
+    key = generate_private_key(KeyAlgorithm.ECDSA_P256)
+    return client.issue_certificate("admin", build_csr(key)).certificate
+
+
+def test_restart_keeps_the_same_cas(initialized: tuple[Token, Path]) -> None:
+    token, config = initialized
+    server = RunningServer(config, token).start()
+    try:
+        with server.client() as client:
+            before = {c.authority: c.certificate_pem for c in client.ca_certificates()}
+            issued = _issue_admin(client)
+    finally:
+        assert server.stop() == 0
+    server.start()
+    try:
+        with server.client() as client:
+            after = {c.authority: c.certificate_pem for c in client.ca_certificates()}
+            again = _issue_admin(client)
+    finally:
+        server.stop()
+    assert after == before
+    ca = x509.load_pem_x509_certificate(after["kubernetes-ca"].encode())
+    issued.verify_directly_issued_by(ca)
+    again.verify_directly_issued_by(ca)
+
+
+def test_sixteen_clients_issue_500_certificates_across_two_workers(
+    initialized: tuple[Token, Path],
+) -> None:
+    token, config = initialized
+    server = RunningServer(config, token, workers=2).start()
+    csrs = [build_csr(generate_private_key(KeyAlgorithm.ECDSA_P256)) for _ in range(500)]
+    clients = [server.client() for _ in range(16)]
+    audit_before = _audit_lines(server.audit_log)
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(
+                pool.map(
+                    lambda i: clients[i % 16].issue_certificate("admin", csrs[i]).certificate,
+                    range(500),
+                )
+            )
+        with clients[0] as client:
+            ca = x509.load_pem_x509_certificate(
+                client.ca_certificates("kubernetes-ca")[0].certificate_pem.encode()
+            )
+    finally:
+        for c in clients:
+            c.close()
+        assert server.stop() == 0
+    assert len(results) == 500
+    assert len({c.serial_number for c in results}) == 500
+    for cert in results:
+        cert.verify_directly_issued_by(ca)
+    issued = [
+        r
+        for r in _audit_lines(server.audit_log)[len(audit_before) :]
+        if r["event"] == "certificate.issued"
+    ]
+    assert {r["serial"] for r in issued} == {format(c.serial_number, "x") for c in results}
+
+
+def _audit_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_pin_never_appears_in_logs_or_audit(initialized: tuple[Token, Path]) -> None:
+    token, config = initialized
+    server = RunningServer(config, token).start()
+    try:
+        with server.client() as client:
+            _issue_admin(client)
+    finally:
+        server.stop()
+    pin = token.pin
+    assert pin not in server.log_path.read_text()
+    assert pin not in server.audit_log.read_text()
+
+
+def test_backend_recovers_a_lost_session(
+    initialized: tuple[Token, Path], in_process_session: pkcs11.Session
+) -> None:
+    # in_process_session keeps this process logged in: the backend must cope with that.
+    token, _ = initialized
+    backend = Pkcs11Backend(SOFTHSM_MODULE, token.label, token.pin)
+    try:
+        key = backend.find_key("kubeca/etcd-ca")
+        assert key is not None
+        signature_1 = key.sign(b"before", ec.ECDSA(hashes.SHA256()))
+        # Pull the session out from under the backend, as a device reset would.
+        backend._session.close()
+        signature_2 = key.sign(b"after", ec.ECDSA(hashes.SHA256()))
+        key.public_key().verify(signature_1, b"before", ec.ECDSA(hashes.SHA256()))
+        key.public_key().verify(signature_2, b"after", ec.ECDSA(hashes.SHA256()))
+    finally:
+        backend.close()
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="kubeca.v1.CertificateAuthority"), timeout=5
+        )
+        return int(reply.status)
+
+
+def _wait_health(address: str, status: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _health(address) == status:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"health did not become {status} within {timeout}s")
+
+
+def test_losing_the_token_makes_the_service_unavailable_until_it_returns(tmp_path: Path) -> None:
+    token = make_token(tmp_path / "hsm")
+    config = write_server_config(tmp_path / "server", token)
+    run_server_cli(config, token, "init")
+    server = RunningServer(config, token).start()
+    tokens = token.dir / "tokens"
+    away = token.dir / "tokens.away"
+    try:
+        with server.client() as client:
+            _issue_admin(client)
+            tokens.rename(away)
+            tokens.mkdir()
+            _wait_health(server.address, health_pb2.HealthCheckResponse.NOT_SERVING)
+            with pytest.raises(Unavailable):
+                _issue_admin(client)
+            tokens.rmdir()
+            away.rename(tokens)
+            _wait_health(server.address, health_pb2.HealthCheckResponse.SERVING)
+            _issue_admin(client)
+    finally:
+        if away.exists():
+            if tokens.exists():
+                tokens.rmdir()
+            away.rename(tokens)
+        server.stop()
