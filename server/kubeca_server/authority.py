@@ -118,6 +118,19 @@ class Authority:
 
     # --- the decision ------------------------------------------------------------
 
+    def record_refusal(self, caller: Caller, method: str, error: KubecaError) -> None:
+        """Audit a request refused before it could be read (e.g. undecodable bytes)."""
+        self._audit.record(
+            "request.refused",
+            "warning",
+            outcome="refused",
+            method=method,
+            reason=error.message,
+            status=error.status,
+            caller=caller.identity,
+            peer=caller.peer,
+        )
+
     def issue(self, caller: Caller, request: IssueRequest) -> IssuedCertificate:
         record: dict[str, Any] = {
             "caller": caller.identity,
@@ -204,14 +217,19 @@ class Authority:
     def _lifetime(self, requested: timedelta | None) -> timedelta:
         if requested is None:
             return self._leaf.default_lifetime
+        if requested <= timedelta(0):
+            raise InvalidArgument(
+                "lifetime must be positive (leave it 0 or unset for the profile's default)"
+            )
         if requested < MIN_LIFETIME:
             raise InvalidArgument(
                 f"lifetime of {int(requested.total_seconds())}s is below the minimum of "
                 f"{int(MIN_LIFETIME.total_seconds())}s"
             )
         if requested > self._leaf.max_lifetime:
+            maximum = self._leaf.max_lifetime
             raise InvalidArgument(
-                f"lifetime of {int(requested.total_seconds())}s exceeds the maximum of "
-                f"{int(self._leaf.max_lifetime.total_seconds())}s"
+                f"requested lifetime exceeds the maximum of {int(maximum.total_seconds())}s "
+                f"({maximum.days} days)"
             )
         return requested

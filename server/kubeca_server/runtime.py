@@ -22,7 +22,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.errors import ConfigError, KubecaError
 
 from kubeca_server.audit import AuditLog
@@ -32,7 +31,12 @@ from kubeca_server.config import ServerConfig, load_config
 from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
 from kubeca_server.lint import Linter
 from kubeca_server.logs import configure_logging
-from kubeca_server.service import SERVICE_NAME, CertificateAuthorityService, HealthMonitor
+from kubeca_server.service import (
+    SERVICE_NAME,
+    CertificateAuthorityService,
+    HealthMonitor,
+    add_to_server,
+)
 
 log = structlog.get_logger("kubeca.server")
 
@@ -100,9 +104,7 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
         ],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
-    pb_grpc.add_CertificateAuthorityServicer_to_server(
-        CertificateAuthorityService(authority, monitor), server
-    )
+    add_to_server(CertificateAuthorityService(authority, monitor), server)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server

@@ -16,6 +16,8 @@ from typing import NoReturn
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
@@ -28,7 +30,19 @@ from kubeca_server.profiles import EKU_NAMES, LEAF_KEY_USAGES
 log = structlog.get_logger("kubeca.service")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CertificateAuthority"].full_name
-MAX_LIFETIME_SECONDS = 100 * 365 * 24 * 3600
+# Past this, a lifetime is simply "too long"; clamping keeps it inside timedelta's range
+# and leaves the judgement to the authority.
+LIFETIME_CLAMP_SECONDS = 1000 * 365 * 24 * 3600
+
+
+def _lifetime(seconds: int) -> timedelta | None:
+    if seconds == 0:
+        return None
+    return timedelta(seconds=max(min(seconds, LIFETIME_CLAMP_SECONDS), -1))
+
+
+def _caller(context: grpc.ServicerContext) -> Caller:
+    return Caller(identity="anonymous", peer=context.peer())
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -114,21 +128,25 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                 f"internal error (incident {incident}); the details are in the server log",
             )
 
+    def refuse_undecodable(
+        self, method: str, error: InvalidArgument, context: grpc.ServicerContext
+    ) -> NoReturn:
+        with self._mapped_errors(context, method):
+            self._authority.record_refusal(_caller(context), method, error)
+            raise error
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
     def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> pb.IssueCertificateResponse:
         with self._mapped_errors(context, "IssueCertificate"):
-            if not 0 <= request.lifetime_seconds <= MAX_LIFETIME_SECONDS:
-                raise InvalidArgument("lifetime_seconds must be 0 (the default) or positive")
             issued = self._authority.issue(
-                Caller(identity="anonymous", peer=context.peer()),
+                _caller(context),
                 IssueRequest(
                     profile=request.profile,
                     csr=request.csr,
                     parameters=dict(request.parameters),
-                    lifetime=timedelta(seconds=request.lifetime_seconds)
-                    if request.lifetime_seconds
-                    else None,
+                    lifetime=_lifetime(request.lifetime_seconds),
                 ),
             )
             certificate = issued.certificate
@@ -192,6 +210,53 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                 )
             return pb.ListProfilesResponse(profiles=profiles)
         raise AssertionError("unreachable: _mapped_errors aborts")
+
+
+Handler = Callable[[Message, grpc.ServicerContext], Message]
+
+
+def add_to_server(service: CertificateAuthorityService, server: grpc.Server) -> None:
+    """Register the API, decoding requests in the handler rather than in grpcio.
+
+    grpcio answers a request it cannot deserialize with INTERNAL; bytes that are not
+    a valid request are the caller's fault, so the handlers take raw bytes and refuse
+    undecodable ones with INVALID_ARGUMENT, audited like any other refusal.
+    """
+    descriptor = pb.DESCRIPTOR.services_by_name["CertificateAuthority"]
+    handlers = {}
+    for method in descriptor.methods:
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _decoding(
+                service,
+                method.name,
+                getattr(service, method.name),
+                GetMessageClass(method.input_type),
+            ),
+            request_deserializer=None,
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+
+
+def _decoding(
+    service: CertificateAuthorityService,
+    name: str,
+    handler: Handler,
+    request_class: type[Message],
+) -> Callable[[bytes, grpc.ServicerContext], Message]:
+    def decode_then_handle(raw: bytes, context: grpc.ServicerContext) -> Message:
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError:
+            error = InvalidArgument(
+                f"the request is not a valid {request_class.DESCRIPTOR.full_name} message"
+            )
+            service.refuse_undecodable(name, error, context)
+        return handler(request, context)
+
+    return decode_then_handle
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
