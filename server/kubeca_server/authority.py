@@ -16,7 +16,13 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from kubeca_client.errors import InvalidArgument, KubecaError, NotFound, PermissionDenied
+from kubeca_client.errors import (
+    InvalidArgument,
+    KubecaError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 
 from kubeca_server.audit import AuditLog
 from kubeca_server.authorities import CertificateAuthority
@@ -205,8 +211,14 @@ class Authority:
         check_requested_sans(csr, profile.sans(inputs))
         lifetime = self._lifetime(request.lifetime)
         authority = self._authorities[profile.authority]
+        now = self._clock()
+        expiry = authority.certificate.not_valid_after_utc
+        if expiry <= now:
+            raise Unavailable(
+                f"{authority.name} expired at {expiry.isoformat()} and can issue nothing more"
+            )
         builder = build_leaf(
-            profile, inputs, public_key, authority.issuer, new_serial(), self._clock(), lifetime
+            profile, inputs, public_key, authority.issuer, new_serial(), now, lifetime
         )
         self._linter.check(builder, authority.key)
         certificate = builder.sign(authority.key, hashes.SHA256())

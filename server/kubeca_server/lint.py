@@ -45,8 +45,11 @@ class Finding:
 def _accepted(finding: Finding) -> bool:
     if finding.code != DNS_SYNTAX:
         return False
-    # pkilint's message is: Invalid domain name syntax: "<name>"
-    quoted = finding.message.rpartition(": ")[2].strip('"')
+    prefix, suffix = 'Invalid domain name syntax: "', '"'
+    message = finding.message
+    if not (message.startswith(prefix) and message.endswith(suffix)):
+        return False
+    quoted = message[len(prefix) : -len(suffix)]
     wildcard = quoted.startswith("*.")
     name = quoted.removeprefix("*.")
     return is_dns1123_subdomain(name) and (wildcard or "." not in name)

@@ -50,12 +50,18 @@ def parse_ip(value: str, what: str) -> IPAddress:
 
 
 def parse_cidr(value: str, what: str) -> IPNetwork:
+    """A network with an explicit prefix length and room for at least one host."""
     try:
-        return ipaddress.ip_network(value, strict=True)
+        if "/" not in value:
+            raise ValueError(value)
+        network = ipaddress.ip_network(value, strict=True)
     except ValueError:
         raise InvalidArgument(
             f"{what}: {_show(value)} is not a network in CIDR form, e.g. 10.96.0.0/12"
         ) from None
+    if network.num_addresses < 2:
+        raise InvalidArgument(f"{what}: {value} has no address after the network address")
+    return network
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ def parse_endpoint_host(value: str, what: str) -> SubjectAltNames:
         host, port = value.split(":")
     else:
         host = value  # a plain name, or a bare IPv6 address
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise InvalidArgument(f"{what}: {_show(value)} has an invalid port")
     try:
         return SubjectAltNames(ips=(ipaddress.ip_address(host),))

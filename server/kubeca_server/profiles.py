@@ -57,7 +57,9 @@ CONTROL_PLANE_ENDPOINT = Parameter(
     "control_plane_endpoint", "the shared API endpoint, HOST or HOST:PORT (its host becomes a SAN)"
 )
 SERVICE_CIDR = Parameter(
-    "service_cidr", "the service network; its first address becomes a SAN", "10.96.0.0/12"
+    "service_cidr",
+    "the service network (or a dual-stack pair); the first one's first address becomes a SAN",
+    "10.96.0.0/12",
 )
 DNS_DOMAIN = Parameter("dns_domain", "the cluster's DNS domain", "cluster.local")
 EXTRA_SANS = Parameter("extra_sans", "more SANs, comma-separated: IPs, DNS names or *.wildcards")
@@ -245,7 +247,12 @@ def _parse_parameter(name: str, value: str) -> object:
     if name == "control_plane_endpoint":
         return parse_endpoint_host(value, what)
     if name == "service_cidr":
-        return parse_cidr(value, what)
+        # kubeadm takes a dual-stack pair and the apiserver's address from the first.
+        parts = value.split(",")
+        if len(parts) > 2:
+            raise InvalidArgument(f"{what}: at most two networks (one per IP family)")
+        networks = [parse_cidr(part.strip(), what) for part in parts]
+        return networks[0]
     if name == "dns_domain":
         return parse_dns_name(value, what)
     if name == "extra_sans":
