@@ -6,7 +6,7 @@ Every call has a deadline (a bootstrap script must never hang), and every
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,10 +90,18 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
 
 
 class Client:
-    def __init__(self, address: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        channel_options: Sequence[tuple[str, int | str]] = (),
+    ) -> None:
+        """``channel_options`` are gRPC channel arguments, e.g. to keep a connection of
+        its own: clients in one process otherwise share one connection, and so one
+        server worker."""
         self.address = address
         self.timeout = timeout_seconds
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=list(channel_options))
         self._stub = pb_grpc.CertificateAuthorityStub(self._channel)
 
     @classmethod
