@@ -56,6 +56,14 @@ def generate_private_key(algorithm: KeyAlgorithm) -> PrivateKey:
     return ec.generate_private_key(algorithm.curve)
 
 
+def algorithm_of(key: PrivateKey) -> KeyAlgorithm:
+    """The algorithm name of an existing key, so a renewal keeps its kind."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return KeyAlgorithm.ECDSA_P384 if key.curve.name == "secp384r1" else KeyAlgorithm.ECDSA_P256
+    bits = key.key_size
+    return KeyAlgorithm(f"RSA-{bits}") if bits in (2048, 3072, 4096) else KeyAlgorithm.RSA_2048
+
+
 def build_csr(key: PrivateKey, subject: x509.Name | None = None) -> bytes:
     """A PEM CSR for ``key``. The subject may stay empty: the profile decides it."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject or x509.Name([]))

@@ -12,8 +12,8 @@ import ipaddress
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kubeca_client.errors import InvalidArgument
+from kubeca_client.names import SubjectAltNames
 
-from kubeca_server.names import SubjectAltNames
 from kubeca_server.profiles import LeafPublicKey
 
 MAX_CSR_BYTES = 16 * 1024

@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InvalidArgument
+from kubeca_client.names import is_dns1123_subdomain
 from pkilint import loader
 from pkilint.pkix import certificate, extension, name
 
 from kubeca_server.keys import CAPrivateKey
-from kubeca_server.names import is_dns1123_subdomain
 
 FAILING = {"FATAL", "ERROR"}
 # pkilint checks DNS names with the web-PKI rule of its `validators` dependency, which

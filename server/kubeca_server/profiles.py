@@ -18,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubeca_client.errors import InvalidArgument
-
-from kubeca_server.names import (
+from kubeca_client.names import (
     IPAddress,
     IPNetwork,
     SubjectAltNames,

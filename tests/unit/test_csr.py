@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InvalidArgument
+from kubeca_client.names import SubjectAltNames
 from kubeca_server.csr import (
     MAX_CSR_BYTES,
     check_requested_sans,
@@ -19,7 +20,6 @@ from kubeca_server.csr import (
     parse_csr,
     requested_sans,
 )
-from kubeca_server.names import SubjectAltNames
 from kubeca_server.profiles import build_ca
 
 from tests.unit.helpers import dns_sans, ip_sans, make_csr, p256_key, rsa_key, subject

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 from kubeca_client.errors import InvalidArgument
-from kubeca_server.names import (
+from kubeca_client.names import (
     SubjectAltNames,
     is_dns1123_subdomain,
     parse_cidr,

@@ -1,0 +1,177 @@
+"""`kubeca sign-csrs`: sign what `kubeadm certs generate-csr` left in a directory.
+
+kubeadm's CSRs carry the subject and SANs it computed but no usages; the profiles
+supply those. The keys beside the CSRs stay exactly as kubeadm wrote them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kubeca_client.client import Client
+from kubeca_client.errors import InvalidArgument
+from kubeca_client.keys import PrivateKey
+from kubeca_client.kubeconfig import decode_field, read_kubeconfig, user_of
+from kubeca_client.layout import CONTROL_PLANE_KUBECONFIGS, CONTROL_PLANE_LEAVES
+from kubeca_client.slots import (
+    Pending,
+    Report,
+    Slot,
+    finish,
+    prepare_root,
+    public_der,
+    read_manifest,
+)
+
+
+@dataclass(frozen=True)
+class NodeInputs:
+    """What the profiles need beyond the CSRs; derived from them where kubeadm put it."""
+
+    node_name: str = ""
+    advertise_address: str = ""
+    service_cidr: str = ""
+    dns_domain: str = ""
+
+
+def _csr_sans(csr: x509.CertificateSigningRequest) -> list[str]:
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        *sans.get_values_for_type(x509.DNSName),
+        *map(str, sans.get_values_for_type(x509.IPAddress)),
+    ]
+
+
+def _derive_node(
+    found: Mapping[str, x509.CertificateSigningRequest], given: NodeInputs
+) -> NodeInputs:
+    node, address = given.node_name, given.advertise_address
+    etcd = found.get("etcd-server")
+    kubelet = found.get("kubelet.conf")
+    if not node and etcd is not None:
+        node = str(etcd.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+    if not node and kubelet is not None:
+        cn = str(kubelet.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+        node = cn.removeprefix("system:node:")
+    if not address and etcd is not None:
+        loopback = {"127.0.0.1", "::1"}
+        ips = etcd.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        address = next(
+            (str(ip) for ip in ips.get_values_for_type(x509.IPAddress) if str(ip) not in loopback),
+            "",
+        )
+    return NodeInputs(node, address, given.service_cidr, given.dns_domain)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A kubeadm CSR, its slot, and the key kubeadm left beside it."""
+
+    slot: Slot
+    csr_path: Path
+    csr: x509.CertificateSigningRequest
+    key_pem: bytes
+
+
+def _locate(root: Path) -> list[tuple[Slot, Path, bytes]]:
+    located: list[tuple[Slot, Path, bytes]] = []
+    for leaf in CONTROL_PLANE_LEAVES:
+        if leaf.csr_path(root).exists():
+            key_path = leaf.key_path(root)
+            if not key_path.exists():
+                raise InvalidArgument(f"{leaf.csr_path(root)} has no key beside it ({key_path})")
+            slot = Slot(leaf.name, leaf.profile, leaf.authority, {}, leaf=leaf)
+            located.append((slot, leaf.csr_path(root), key_path.read_bytes()))
+    for conf in CONTROL_PLANE_KUBECONFIGS:
+        if conf.csr_path(root).exists():
+            fields = read_kubeconfig(conf.path(root)) if conf.path(root).exists() else {}
+            key_pem = decode_field(fields, "client-key-data", conf.path(root))
+            if key_pem is None:
+                raise InvalidArgument(f"{conf.path(root)} has no client-key-data for its CSR")
+            if not fields.get("server"):
+                raise InvalidArgument(f"{conf.path(root)} names no server")
+            slot = Slot(
+                conf.name,
+                conf.profile,
+                conf.authority,
+                {},
+                kubeconfig=conf,
+                server=fields["server"],
+                user=user_of(fields),
+            )
+            located.append((slot, conf.csr_path(root), key_pem))
+    if not located:
+        raise InvalidArgument(
+            f"--dir: no CSRs from 'kubeadm certs generate-csr' under {root} "
+            "(expected pki/<name>.csr and <name>.conf.csr)"
+        )
+    return located
+
+
+def _check(slot: Slot, csr_path: Path, key_pem: bytes) -> Found:
+    """The CSR must be readable and made from the key beside it."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_path.read_bytes())
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as exc:
+        raise InvalidArgument(f"{csr_path}: cannot be read ({exc})") from None
+    if not isinstance(key, PrivateKey):
+        raise InvalidArgument(f"{csr_path}: the key beside it is neither RSA nor ECDSA")
+    if public_der(key) != public_der(csr):
+        raise InvalidArgument(f"{csr_path} was not made from the key beside it")
+    return Found(slot, csr_path, csr, key_pem)
+
+
+def sign_kubeadm_csrs(client: Client, root: Path, given: NodeInputs) -> Report:
+    """Sign what `kubeadm certs generate-csr` left in ``root``; the keys stay as they are."""
+    prepare_root(root)
+    found = [_check(*item) for item in _locate(root)]
+    node = _derive_node({f.slot.name: f.csr for f in found}, given)
+    slots = [
+        replace(f.slot, parameters=_csr_parameters(f.slot.profile, f.csr, node, f.slot.name))
+        for f in found
+    ]
+    pending = [
+        Pending(slot, f.csr_path.read_bytes(), f.key_pem, new_key=False)
+        for slot, f in zip(slots, found, strict=True)
+    ]
+    cas = {ca.authority: ca for ca in client.ca_certificates()}
+    report = Report()
+    finish(client, root, cas, slots, pending, read_manifest(root), report)
+    return report
+
+
+def _csr_parameters(
+    profile: str, csr: x509.CertificateSigningRequest, node: NodeInputs, name: str
+) -> dict[str, str]:
+    """The profile's parameters for a kubeadm CSR: its SANs become extra_sans, so the
+    certificate carries exactly what kubeadm computed (plus nothing it would not)."""
+    needs_node = profile in ("apiserver", "etcd-server", "etcd-peer", "kubelet-client")
+    if needs_node and not node.node_name:
+        raise InvalidArgument(f"{name}: cannot tell the node name; pass --node-name")
+    if profile == "kubelet-client":
+        return {"node_name": node.node_name}
+    if profile not in ("apiserver", "etcd-server", "etcd-peer"):
+        return {}
+    if not node.advertise_address:
+        raise InvalidArgument(
+            f"{name}: cannot tell the advertise address; pass --advertise-address"
+        )
+    params = {"node_name": node.node_name, "advertise_address": node.advertise_address}
+    sans = _csr_sans(csr)
+    if sans:
+        params["extra_sans"] = ",".join(sans)
+    if profile == "apiserver":
+        if node.service_cidr:
+            params["service_cidr"] = node.service_cidr
+        if node.dns_domain:
+            params["dns_domain"] = node.dns_domain
+    return params

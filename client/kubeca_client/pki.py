@@ -1,0 +1,213 @@
+"""`kubeca pki`: a node's whole layout in kubeadm's External CA shape.
+
+A control plane gets the three CA certificates (never their keys), every leaf of
+kubeadm's certlist, sa.key/sa.pub and the five kubeconfigs; a worker gets the
+kubelet's client kubeconfig and serving certificate. What is current is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kubeca_client.client import Client
+from kubeca_client.errors import InvalidArgument
+from kubeca_client.files import PRIVATE, PUBLIC
+from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
+from kubeca_client.keys import private_key_pem as encode_key
+from kubeca_client.layout import (
+    CONTROL_PLANE_KUBECONFIGS,
+    CONTROL_PLANE_LEAVES,
+    WORKER_KUBELET_CONF,
+    WORKER_SERVING,
+)
+from kubeca_client.slots import (
+    Pending,
+    Report,
+    Slot,
+    Write,
+    finish,
+    prepare_root,
+    read_manifest,
+    renewal_due,
+    valid_pair,
+)
+
+DEFAULT_API_PORT = 6443
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    node_name: str
+    advertise_address: str
+    control_plane_endpoint: str = ""
+    service_cidr: str = ""
+    dns_domain: str = ""
+    apiserver_cert_sans: Sequence[str] = ()
+    etcd_sans: Sequence[str] = ()
+    api_port: int = DEFAULT_API_PORT
+
+
+def https_url(host_port: str, default_port: int = DEFAULT_API_PORT) -> str:
+    """https://HOST:PORT for HOST, HOST:PORT, [V6] or [V6]:PORT, or a bare IPv6 address."""
+    if host_port.startswith("["):
+        return f"https://{host_port}" + ("" if "]:" in host_port else f":{default_port}")
+    if host_port.count(":") == 1:
+        return f"https://{host_port}"
+    if ":" in host_port:
+        return f"https://[{host_port}]:{default_port}"
+    return f"https://{host_port}:{default_port}"
+
+
+def control_plane_slots(spec: ControlPlane, lifetime_seconds: int = 0) -> list[Slot]:
+    node = {"node_name": spec.node_name, "advertise_address": spec.advertise_address}
+    apiserver = dict(node)
+    for key, value in (
+        ("control_plane_endpoint", spec.control_plane_endpoint),
+        ("service_cidr", spec.service_cidr),
+        ("dns_domain", spec.dns_domain),
+        ("extra_sans", ",".join(spec.apiserver_cert_sans)),
+    ):
+        if value:
+            apiserver[key] = value
+    etcd = dict(node)
+    if spec.etcd_sans:
+        etcd["extra_sans"] = ",".join(spec.etcd_sans)
+    by_profile: dict[str, Mapping[str, str]] = {
+        "apiserver": apiserver,
+        "etcd-server": etcd,
+        "etcd-peer": etcd,
+        "kubelet-client": {"node_name": spec.node_name},
+    }
+    slots = [
+        Slot(
+            leaf.name,
+            leaf.profile,
+            leaf.authority,
+            by_profile.get(leaf.profile, {}),
+            leaf=leaf,
+            lifetime_seconds=lifetime_seconds,
+        )
+        for leaf in CONTROL_PLANE_LEAVES
+    ]
+    endpoint = https_url(spec.control_plane_endpoint or spec.advertise_address, spec.api_port)
+    local = https_url(spec.advertise_address, spec.api_port)
+    for conf in CONTROL_PLANE_KUBECONFIGS:
+        slots.append(
+            Slot(
+                conf.name,
+                conf.profile,
+                conf.authority,
+                by_profile.get(conf.profile, {}),
+                kubeconfig=conf,
+                server=local if conf.local_endpoint else endpoint,
+                user=_user_name(conf.profile, spec.node_name),
+                lifetime_seconds=lifetime_seconds,
+            )
+        )
+    return slots
+
+
+def worker_slots(
+    node_name: str, address: str, control_plane_endpoint: str, lifetime_seconds: int = 0
+) -> list[Slot]:
+    return [
+        Slot(
+            WORKER_KUBELET_CONF.name,
+            WORKER_KUBELET_CONF.profile,
+            WORKER_KUBELET_CONF.authority,
+            {"node_name": node_name},
+            kubeconfig=WORKER_KUBELET_CONF,
+            server=https_url(control_plane_endpoint),
+            user=_user_name(WORKER_KUBELET_CONF.profile, node_name),
+            lifetime_seconds=lifetime_seconds,
+        ),
+        Slot(
+            WORKER_SERVING.name,
+            WORKER_SERVING.profile,
+            WORKER_SERVING.authority,
+            {"node_name": node_name, "advertise_address": address},
+            leaf=WORKER_SERVING,
+            lifetime_seconds=lifetime_seconds,
+        ),
+    ]
+
+
+_USERS = {
+    "admin": "kubernetes-admin",
+    "super-admin": "kubernetes-super-admin",
+    "controller-manager": "system:kube-controller-manager",
+    "scheduler": "system:kube-scheduler",
+}
+
+
+def _user_name(profile: str, node_name: str) -> str:
+    return _USERS.get(profile, f"system:node:{node_name}")
+
+
+def _service_account_writes(root: Path) -> list[Write]:
+    """sa.key/sa.pub as kubeadm makes them; kept when present.
+
+    kube-apiserver signs service-account tokens with sa.key. kubeca does not hold this
+    key yet (the external signer of KEP-740 is planned), so it is made here, locally.
+    """
+    key_path, pub_path = root / "pki" / "sa.key", root / "pki" / "sa.pub"
+    writes: list[Write] = []
+    if key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise InvalidArgument(f"{key_path} is not an RSA private key")
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        writes.append(Write(key_path, encode_key(key), PRIVATE))
+    if not pub_path.exists() or writes:
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        writes.append(Write(pub_path, pub, PUBLIC))
+    return writes
+
+
+def ensure_layout(
+    client: Client,
+    root: Path,
+    slots: Sequence[Slot],
+    key_algorithm: KeyAlgorithm,
+    *,
+    service_account_keys: bool,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Report:
+    """Make ``root`` hold every slot's certificate, current and valid; keep what is."""
+    prepare_root(root)
+    cas = {ca.authority: ca for ca in client.ca_certificates()}
+    enabled = {p.name: p.enabled for p in client.profiles()}
+    manifest = read_manifest(root)
+    report = Report()
+    pending: list[Pending] = []
+    moment = now()
+    for slot in slots:
+        ca = x509.load_pem_x509_certificate(cas[slot.authority].certificate_pem.encode())
+        current = valid_pair(slot.read(root), ca)
+        if (
+            current is not None
+            and not renewal_due(current, moment, None)
+            and manifest.get(slot.name) == slot.record()
+        ):
+            report.unchanged.append(slot.name)
+            continue
+        if not enabled.get(slot.profile, False):
+            report.skipped.append(
+                (slot.name, f"the server does not grant the {slot.profile} profile")
+            )
+            continue
+        key = generate_private_key(key_algorithm)
+        pending.append(Pending(slot, build_csr(key), encode_key(key), new_key=True))
+    extra = _service_account_writes(root) if service_account_keys else []
+    finish(client, root, cas, slots, pending, manifest, report, extra)
+    return report
