@@ -89,3 +89,9 @@ echo
 echo "$(ls "$demo"/*.crt | grep -vc '\.ca\.crt$') certificates in demo/, each verified by openssl against its CA."
 echo "Keys were generated here (0600) and never sent; the CA keys stay in the SoftHSM token under var/tokens."
 echo "Audit log: var/state/audit.log ($(wc -l < "$var/state/audit.log") records)."
+echo
+echo "A whole control-plane node in kubeadm's External CA layout, into demo/kubernetes:"
+kubeca pki control-plane --node-name cp-1 --advertise-address 192.0.2.10 \
+  --control-plane-endpoint k8s.example.internal:6443 --dir "$demo/kubernetes" | tail -n 1
+echo
+kubeca check-expiration --dir "$demo/kubernetes"
