@@ -255,10 +255,10 @@ OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 @contextmanager
 def connected_clients(
-    address: str, count: int, own_connections: bool, warmup_csr: bytes
+    server: RunningServer, count: int, own_connections: bool, warmup_csr: bytes
 ) -> Iterator[list[Client]]:
     options = OWN_CONNECTION if own_connections else ()
-    clients = [Client(address, CLIENT_TIMEOUT_SECONDS, options) for _ in range(count)]
+    clients = [server.client(CLIENT_TIMEOUT_SECONDS, options) for _ in range(count)]
     try:
         # Untimed: connects each channel and warms each worker's one-off lint setup.
         for client in clients:
@@ -284,7 +284,7 @@ def run_load(server: RunningServer, phase: Phase, csrs: Sequence[bytes]) -> Load
         work.start()
 
     barrier = threading.Barrier(phase.clients, action=at_start)
-    connecting = connected_clients(server.address, phase.clients, phase.own_connections, csrs[0])
+    connecting = connected_clients(server, phase.clients, phase.own_connections, csrs[0])
     with connecting as connected:
         threads = [
             threading.Thread(target=_drive, args=(client, work, barrier, result))

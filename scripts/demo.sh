@@ -12,11 +12,15 @@ export SOFTHSM2_CONF=$var/softhsm2.conf
 
 python3 softhsm/dev_token.py "$var" --label kubeca-dev
 
-if [ ! -f "$var/kubeca.toml" ]; then
-  port=$("$bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  cat > "$var/kubeca.toml" <<TOML
+# The config is written afresh each run (new free ports); the token, keys and CAs stay.
+free_port() { "$bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+bootstrap_port=$(free_port)
+cat > "$var/kubeca.toml" <<TOML
 # Development server config written by make demo. See deploy/config/ for commented examples.
+# Operators call the mutual-TLS port; nodes with bootstrap tokens call the bootstrap port.
 listen = "127.0.0.1:$port"
+listen_bootstrap = "127.0.0.1:$bootstrap_port"
 state_dir = "state"
 audit_log = "state/audit.log"
 
@@ -35,17 +39,29 @@ key_algorithm = "ECDSA-P256"
 key_algorithm = "ECDSA-P256"
 
 [profiles]
-# The demo shows every profile, so it enables super-admin (O=system:masters) on purpose.
-# Each such issuance is audited at critical severity. Leave this false in production.
+# The demo shows every profile, so it enables super-admin (O=system:masters) on purpose,
+# and the admin grant names it. Each such issuance is audited at critical severity.
 enable_super_admin = true
+
+[grants.admin]
+profiles = ["*", "super-admin"]
+node_names = ["*"]
+san_dns = ["*"]
+san_cidrs = ["0.0.0.0/0", "::/0"]
+bootstrap_tokens = true
 TOML
-  cat > "$var/client.toml" <<TOML
-address = "127.0.0.1:$port"
-timeout_seconds = 10
-TOML
-fi
 
 "$bin/kubeca-server" --config "$var/kubeca.toml" init
+if [ ! -f "$var/admin/client.key" ]; then
+  "$bin/kubeca-server" --config "$var/kubeca.toml" credentials issue --name admin --out "$var/admin" > /dev/null
+fi
+cat > "$var/client.toml" <<TOML
+address = "127.0.0.1:$port"
+timeout_seconds = 10
+ca_file = "admin/ca.crt"
+cert_file = "admin/client.crt"
+key_file = "admin/client.key"
+TOML
 
 "$bin/kubeca-server" --config "$var/kubeca.toml" serve > "$var/server.log" 2>&1 &
 server=$!
@@ -95,3 +111,20 @@ kubeca pki control-plane --node-name cp-1 --advertise-address 192.0.2.10 \
   --control-plane-endpoint k8s.example.internal:6443 --dir "$demo/kubernetes" | tail -n 1
 echo
 kubeca check-expiration --dir "$demo/kubernetes"
+echo
+echo "A worker joins with a one-time bootstrap token, trusting the service by its CA hash:"
+kubeca token create --profiles kubelet-client,kubelet-serving --node-name worker-1 \
+  --address 192.0.2.21 --ttl 15m -o json > "$var/token.json"
+"$bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$var/token.json" > "$var/worker-1.token"
+chmod 600 "$var/worker-1.token"
+hash=$("$bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca_cert_hash"])' "$var/token.json")
+"$bin/kubeca" pki worker --node-name worker-1 --address 192.0.2.21 \
+  --control-plane-endpoint k8s.example.internal:6443 --dir "$demo/worker-1" \
+  --server "127.0.0.1:$bootstrap_port" --ca-cert-hash "$hash" --token-file "$var/worker-1.token" | tail -n 1
+echo "Using the same token again is refused:"
+if "$bin/kubeca" pki worker --node-name worker-1 --address 192.0.2.21 \
+  --control-plane-endpoint k8s.example.internal:6443 --dir "$demo/worker-1b" \
+  --server "127.0.0.1:$bootstrap_port" --ca-cert-hash "$hash" --token-file "$var/worker-1.token"; then
+  echo "ERROR: a used token was accepted"; exit 1
+fi
+rm -f "$var/token.json" "$var/worker-1.token"

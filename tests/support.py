@@ -13,9 +13,12 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kubeca_client.client import Client
+from kubeca_client.client import Client, channel_credentials
 
 REPO = Path(__file__).resolve().parent.parent
+# The operator identity the tests act as; its grant allows everything, super-admin
+# included, so each server's [profiles] enable_super_admin alone decides that one.
+OPERATOR = "kubeca-test-admin"
 BIN = Path(sys.executable).parent
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -68,9 +71,11 @@ def write_server_config(
     key_algorithm: str = "ECDSA-P256",
     extra: str = "",
 ) -> Path:
-    """A server config in ``directory`` (its state dir is directory/state)."""
+    """A server config in ``directory`` (its state dir is directory/state), with an
+    operator port, a bootstrap port, and a grant for the tests' operator identity."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    bootstrap_port = free_port()
     authorities = "".join(
         f'\n[authorities.{name}]\nkey_algorithm = "{key_algorithm}"\n'
         for name in ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
@@ -78,13 +83,20 @@ def write_server_config(
     path = directory / "kubeca.toml"
     path.write_text(
         f'listen = "127.0.0.1:{port}"\n'
+        f'listen_bootstrap = "127.0.0.1:{bootstrap_port}"\n'
         f'state_dir = "{directory / "state"}"\n'
         f"{extra}\n"
         "[hsm]\n"
         f'module = "{SOFTHSM_MODULE}"\n'
         f'token_label = "{token.label}"\n'
         f'pin_file = "{token.pin_file}"\n'
-        f"{authorities}"
+        f"{authorities}\n"
+        f"[grants.{OPERATOR}]\n"
+        'profiles = ["*", "super-admin"]\n'
+        'node_names = ["*"]\n'
+        'san_dns = ["*"]\n'
+        'san_cidrs = ["0.0.0.0/0", "::/0"]\n'
+        "bootstrap_tokens = true\n"
     )
     return path
 
@@ -102,9 +114,14 @@ def run_server_cli(
     )
 
 
-def wait_until_serving(address: str, timeout: float, process: subprocess.Popen[bytes]) -> None:
+def wait_until_serving(
+    address: str,
+    timeout: float,
+    process: subprocess.Popen[bytes],
+    credentials: grpc.ChannelCredentials,
+) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with grpc.secure_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -132,12 +149,69 @@ class RunningServer:
     def __post_init__(self) -> None:
         self.log_path = self.config.parent / "server.log"
 
+    def _setting(self, key: str) -> str:
+        for line in self.config.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if name.strip() == key:
+                return value.strip().strip('"')
+        raise AssertionError(f"config has no {key} line")
+
     @property
     def address(self) -> str:
-        for line in self.config.read_text().splitlines():
-            if line.startswith("listen"):
-                return line.split("=", 1)[1].strip().strip('"')
-        raise AssertionError("config has no listen line")
+        """The operator port: mutual TLS."""
+        return self._setting("listen")
+
+    @property
+    def bootstrap_address(self) -> str:
+        """The bootstrap port: TLS without client certificates."""
+        return self._setting("listen_bootstrap")
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.config.parent / "operator"
+
+    @property
+    def service_ca(self) -> Path:
+        return self.state_dir / "ca" / "kubeca-service-ca.crt"
+
+    def ensure_credentials(self) -> None:
+        if not (self.credentials_dir / "client.key").exists():
+            run_server_cli(
+                self.config,
+                self.token,
+                "credentials",
+                "issue",
+                "--name",
+                OPERATOR,
+                "--out",
+                str(self.credentials_dir),
+            )
+
+    def credentials(self, operator: bool = True) -> grpc.ChannelCredentials:
+        """TLS trusting the service CA; with the operator's client certificate or not."""
+        if not operator:
+            return channel_credentials(self.service_ca.read_bytes())
+        return channel_credentials(
+            self.service_ca.read_bytes(),
+            (self.credentials_dir / "client.crt").read_bytes(),
+            (self.credentials_dir / "client.key").read_bytes(),
+        )
+
+    def channel(self) -> grpc.Channel:
+        """A raw gRPC channel to the operator port, as the operator."""
+        return grpc.secure_channel(self.address, self.credentials())
+
+    def client_config(self, path: Path, timeout: float = 20, address: str | None = None) -> Path:
+        """A client config file for the kubeca CLI, as the operator."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f'address = "{address or self.address}"\n'
+            f"timeout_seconds = {timeout}\n"
+            f'ca_file = "{self.service_ca}"\n'
+            f'cert_file = "{self.credentials_dir / "client.crt"}"\n'
+            f'key_file = "{self.credentials_dir / "client.key"}"\n'
+        )
+        return path
 
     @property
     def state_dir(self) -> Path:
@@ -148,6 +222,7 @@ class RunningServer:
         return self.state_dir / "audit.log"
 
     def start(self, timeout: float = 60) -> RunningServer:
+        self.ensure_credentials()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -163,7 +238,7 @@ class RunningServer:
                 stderr=log,
             )
         try:
-            wait_until_serving(self.address, timeout, self.process)
+            wait_until_serving(self.address, timeout, self.process, self.credentials())
         except RuntimeError as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{self.log_path.read_text()[-4000:]}") from None
@@ -183,5 +258,7 @@ class RunningServer:
         self.process = None
         return code
 
-    def client(self, timeout: float = 30) -> Client:
-        return Client(self.address, timeout)
+    def client(
+        self, timeout: float = 30, channel_options: tuple[tuple[str, int], ...] = ()
+    ) -> Client:
+        return Client(self.address, timeout, channel_options, credentials=self.credentials())

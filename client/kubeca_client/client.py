@@ -10,20 +10,25 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.config import DEFAULT_TIMEOUT_SECONDS, ClientConfig
 from kubeca_client.errors import (
     BY_STATUS,
+    ConfigError,
     DeadlineExceeded,
     InternalError,
     KubecaError,
     Unavailable,
 )
+from kubeca_client.trust import pinned_ca
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,26 @@ class CACertificate:
 
 
 @dataclass(frozen=True)
+class CreatedToken:
+    token: str
+    token_id: str
+    expires: datetime
+    ca_cert_hash: str
+
+
+@dataclass(frozen=True)
+class BootstrapToken:
+    token_id: str
+    profiles: tuple[str, ...]
+    node_name: str
+    addresses: tuple[str, ...]
+    expires: datetime
+    created_by: str
+    used_profiles: tuple[str, ...]
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class ProfileParameter:
     name: str
     description: str
@@ -70,6 +95,42 @@ class ProfileInfo:
     default_lifetime_seconds: int
     max_lifetime_seconds: int
     enabled: bool
+
+
+def channel_credentials(
+    ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None
+) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    )
+
+
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+def _check_issued(csr: bytes, issued: IssuedCertificate) -> None:
+    """Refuse what the service returned unless it certifies our key under its CA."""
+    try:
+        request = (
+            x509.load_pem_x509_csr(csr)
+            if csr.lstrip().startswith(b"-----")
+            else x509.load_der_x509_csr(csr)
+        )
+        certificate = issued.certificate
+        ca = x509.load_pem_x509_certificate(issued.ca_certificate_pem.encode())
+        spki = Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        same_key = certificate.public_key().public_bytes(
+            *spki
+        ) == request.public_key().public_bytes(*spki)
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise InternalError(f"the service returned an unusable certificate ({exc})") from None
+    if not same_key:
+        raise InternalError("the service returned a certificate for a different key")
 
 
 def _utc(stamp: object) -> datetime:
@@ -95,18 +156,37 @@ class Client:
         address: str,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         channel_options: Sequence[tuple[str, int | str]] = (),
+        *,
+        credentials: grpc.ChannelCredentials,
+        token: str | None = None,
     ) -> None:
-        """``channel_options`` are gRPC channel arguments, e.g. to keep a connection of
+        """A client over TLS. ``token`` is a bootstrap token sent with every call;
+        ``channel_options`` are gRPC channel arguments, e.g. to keep a connection of
         its own: clients in one process otherwise share one connection, and so one
         server worker."""
         self.address = address
         self.timeout = timeout_seconds
-        self._channel = grpc.insecure_channel(address, options=list(channel_options))
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.secure_channel(address, credentials, options=list(channel_options))
         self._stub = pb_grpc.CertificateAuthorityStub(self._channel)
 
     @classmethod
-    def from_config(cls, config: ClientConfig) -> Client:
-        return cls(config.address, config.timeout_seconds)
+    def from_config(cls, config: ClientConfig, token: str | None = None) -> Client:
+        """Trust and identity as the config says: a CA file or a pinned hash, and a
+        client certificate when the config names one."""
+        if config.ca_file is not None:
+            ca_pem = _read(config.ca_file, "ca_file")
+        else:
+            assert config.ca_cert_hash is not None
+            ca_pem = pinned_ca(config.address, config.ca_cert_hash, config.timeout_seconds)
+        cert = _read(config.cert_file, "cert_file") if config.cert_file else None
+        key = _read(config.key_file, "key_file") if config.key_file else None
+        return cls(
+            config.address,
+            config.timeout_seconds,
+            credentials=channel_credentials(ca_pem, cert, key),
+            token=token,
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -138,8 +218,8 @@ class Client:
             lifetime_seconds=lifetime_seconds,
         )
         with self._call():
-            r = self._stub.IssueCertificate(request, timeout=self.timeout)
-        return IssuedCertificate(
+            r = self._stub.IssueCertificate(request, timeout=self.timeout, metadata=self._metadata)
+        issued = IssuedCertificate(
             certificate_pem=r.certificate_pem,
             ca_certificate_pem=r.ca_certificate_pem,
             serial=r.serial,
@@ -148,11 +228,15 @@ class Client:
             fingerprint_sha256=r.fingerprint_sha256,
             authority=r.authority,
         )
+        _check_issued(csr, issued)
+        return issued
 
     def ca_certificates(self, authority: str = "") -> list[CACertificate]:
         with self._call():
             r = self._stub.GetCACertificates(
-                pb.GetCACertificatesRequest(authority=authority), timeout=self.timeout
+                pb.GetCACertificatesRequest(authority=authority),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         return [
             CACertificate(a.authority, a.certificate_pem, a.ca_cert_hash, _utc(a.not_after))
@@ -161,7 +245,9 @@ class Client:
 
     def profiles(self) -> list[ProfileInfo]:
         with self._call():
-            r = self._stub.ListProfiles(pb.ListProfilesRequest(), timeout=self.timeout)
+            r = self._stub.ListProfiles(
+                pb.ListProfilesRequest(), timeout=self.timeout, metadata=self._metadata
+            )
         return [
             ProfileInfo(
                 name=p.name,
@@ -181,3 +267,47 @@ class Client:
             )
             for p in r.profiles
         ]
+
+    # --- bootstrap tokens (operators) ------------------------------------------------
+
+    def create_bootstrap_token(
+        self,
+        profiles: Sequence[str],
+        node_name: str,
+        addresses: Sequence[str] = (),
+        ttl_seconds: int = 0,
+    ) -> CreatedToken:
+        request = pb.CreateBootstrapTokenRequest(
+            profiles=list(profiles),
+            node_name=node_name,
+            addresses=list(addresses),
+            ttl_seconds=ttl_seconds,
+        )
+        with self._call():
+            r = self._stub.CreateBootstrapToken(request, timeout=self.timeout)
+        return CreatedToken(r.token, r.token_id, _utc(r.expires), r.ca_cert_hash)
+
+    def bootstrap_tokens(self) -> list[BootstrapToken]:
+        with self._call():
+            r = self._stub.ListBootstrapTokens(
+                pb.ListBootstrapTokensRequest(), timeout=self.timeout
+            )
+        return [
+            BootstrapToken(
+                token_id=t.token_id,
+                profiles=tuple(t.profiles),
+                node_name=t.node_name,
+                addresses=tuple(t.addresses),
+                expires=_utc(t.expires),
+                created_by=t.created_by,
+                used_profiles=tuple(t.used_profiles),
+                revoked=t.revoked,
+            )
+            for t in r.tokens
+        ]
+
+    def revoke_bootstrap_token(self, token_id: str) -> None:
+        with self._call():
+            self._stub.RevokeBootstrapToken(
+                pb.RevokeBootstrapTokenRequest(token_id=token_id), timeout=self.timeout
+            )

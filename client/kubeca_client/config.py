@@ -1,7 +1,13 @@
-"""The client's TOML configuration: where the service is and how long to wait.
+"""The client's TOML configuration: where the service is, how to trust it, who we are.
 
-address = "127.0.0.1:7443"
-timeout_seconds = 10
+    address = "kubeca.example.com:7443"   # the operator port (mutual TLS)
+    timeout_seconds = 10
+    ca_file = "service-ca.crt"            # trust the service CA in this file, or
+    # ca_cert_hash = "sha256:..."         # pin it by the hash of its public key
+    cert_file = "client.crt"              # this operator's identity
+    key_file = "client.key"
+
+Relative paths are resolved from the config file's directory.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ from pathlib import Path
 from kubeca_client.errors import ConfigError
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+KEYS = ("address", "timeout_seconds", "ca_file", "ca_cert_hash", "cert_file", "key_file")
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     address: str
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    ca_file: Path | None = None
+    ca_cert_hash: str | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -26,15 +37,40 @@ def load_client_config(path: Path) -> ClientConfig:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read client config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"client config {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"address", "timeout_seconds"})
+    unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: address, timeout_seconds)")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
     address = raw.get("address")
     if not isinstance(address, str) or ":" not in address:
         raise ConfigError(f"{path}: address must be HOST:PORT")
     timeout = raw.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 600:
         raise ConfigError(f"{path}: timeout_seconds must be a number of seconds, 0 < t <= 600")
-    return ClientConfig(address=address, timeout_seconds=float(timeout))
+
+    def file(key: str) -> Path | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: {key} must be a file path")
+        candidate = Path(value)
+        return candidate if candidate.is_absolute() else path.parent / candidate
+
+    pin = raw.get("ca_cert_hash")
+    if pin is not None and not isinstance(pin, str):
+        raise ConfigError(f"{path}: ca_cert_hash must be a string like sha256:<hex>")
+    config = ClientConfig(
+        address=address,
+        timeout_seconds=float(timeout),
+        ca_file=file("ca_file"),
+        ca_cert_hash=pin,
+        cert_file=file("cert_file"),
+        key_file=file("key_file"),
+    )
+    if (config.ca_file is None) == (config.ca_cert_hash is None):
+        raise ConfigError(f"{path}: set exactly one of ca_file and ca_cert_hash")
+    if (config.cert_file is None) != (config.key_file is None):
+        raise ConfigError(f"{path}: cert_file and key_file go together")
+    return config

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubeca_client.errors import ConfigError
 from kubeca_client.files import atomic_write
 
 from kubeca_server.config import AuthorityConfig, ServerConfig
-from kubeca_server.keys import CAPrivateKey, KeyBackend
+from kubeca_server.keys import CAPrivateKey, KeyBackend, signature_hash
 from kubeca_server.lint import Linter
 from kubeca_server.profiles import CA_COMMON_NAMES, Issuer, build_ca
 from kubeca_server.serials import new_serial
@@ -79,7 +78,7 @@ def _create_certificate(
         authority.lifetime,
     )
     linter.check(builder, key)
-    certificate = builder.sign(key, hashes.SHA256())
+    certificate = builder.sign(key, signature_hash(key))
     config.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write(config.ca_dir / f"{authority.name}.crt", certificate.public_bytes(Encoding.PEM))
     return certificate

@@ -1,4 +1,5 @@
-"""The only place that decides: authorize, render, check, lint, sign, audit, return.
+"""The only place that decides: authenticate, authorize, render, check, lint, sign,
+audit, return.
 
 Every decision, issued or refused, leaves exactly one audit record, and a certificate
 is returned only after its record is on disk.
@@ -7,6 +8,7 @@ is returned only after its record is on disk.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,33 +23,40 @@ from kubeca_client.errors import (
     KubecaError,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
+from kubeca_server import grants, tokens
 from kubeca_server.audit import AuditLog
 from kubeca_server.authorities import CertificateAuthority
-from kubeca_server.config import LeafConfig
+from kubeca_server.config import Grant, LeafConfig
 from kubeca_server.csr import (
     check_requested_sans,
     check_requested_subject,
     leaf_public_key,
     parse_csr,
 )
+from kubeca_server.keys import signature_hash
 from kubeca_server.lint import Linter
 from kubeca_server.profiles import MIN_LIFETIME, PROFILES, Profile, build_leaf, parse_inputs
 from kubeca_server.serials import new_serial
+from kubeca_server.store import Store, TokenRecord
 
 log = structlog.get_logger("kubeca.authority")
 
 MAX_PARAMETERS = 32
+OPERATOR, TOKEN, ANONYMOUS = "operator", "token", "anonymous"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asked, as far as the service layer could tell."""
+    """Who asked, as the service layer established it from TLS and metadata."""
 
-    identity: str
+    identity: str  # an operator's certificate CN, "token:<id>", or "anonymous"
     peer: str = ""
+    kind: str = OPERATOR
+    token: str = field(default="", repr=False)  # the bootstrap token secret; never logged
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,14 @@ class ProfileView:
     max_lifetime: timedelta
 
 
+@dataclass(frozen=True)
+class _Permit:
+    """What authentication established: an operator's grant, or a token's record."""
+
+    grant: Grant | None = None
+    token: TokenRecord | None = None
+
+
 class Authority:
     def __init__(
         self,
@@ -93,6 +110,8 @@ class Authority:
         audit: AuditLog,
         linter: Linter,
         *,
+        grants: Mapping[str, Grant],
+        store: Store | None = None,
         enable_super_admin: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -100,12 +119,41 @@ class Authority:
         self._leaf = leaf
         self._audit = audit
         self._linter = linter
+        self._grants = dict(grants)
+        self._store = store
         self._enable_super_admin = enable_super_admin
         self._clock = clock
 
-    # --- reads -------------------------------------------------------------------
+    # --- who is asking -----------------------------------------------------------------
+
+    def _authenticate(self, caller: Caller) -> _Permit:
+        if caller.kind == OPERATOR:
+            grant = self._grants.get(caller.identity)
+            if grant is None:
+                raise PermissionDenied(f"identity {caller.identity!r} has no grant")
+            return _Permit(grant=grant)
+        if caller.kind == TOKEN:
+            if self._store is None:
+                raise Unauthenticated(tokens.INVALID)
+            return _Permit(token=tokens.authenticate(self._store, caller.token, self._clock()))
+        raise Unauthenticated(
+            "this call needs a client certificate (operators) or a bootstrap token (nodes)"
+        )
+
+    def _server_enables(self, profile: Profile) -> bool:
+        return self._enable_super_admin or not profile.grants_system_masters
+
+    def _permits(self, permit: _Permit, profile: Profile) -> bool:
+        if not self._server_enables(profile):
+            return False
+        if permit.grant is not None:
+            return grants.allows_profile(permit.grant, profile)
+        return permit.token is not None and profile.name in permit.token.profiles
+
+    # --- reads -------------------------------------------------------------------------
 
     def ca_certificates(self, name: str = "") -> list[CertificateAuthority]:
+        """Anyone may read the CA certificates: they are what a node must trust."""
         if not name:
             return list(self._authorities.values())
         if name not in self._authorities:
@@ -113,16 +161,16 @@ class Authority:
             raise NotFound(f"no certificate authority named {name[:64]!r} (known: {known})")
         return [self._authorities[name]]
 
-    def profiles(self) -> list[ProfileView]:
+    def profiles(self, caller: Caller) -> list[ProfileView]:
+        permit = self._authenticate(caller)
         return [
-            ProfileView(p, self._enabled(p), self._leaf.default_lifetime, self._leaf.max_lifetime)
+            ProfileView(
+                p, self._permits(permit, p), self._leaf.default_lifetime, self._leaf.max_lifetime
+            )
             for p in PROFILES.values()
         ]
 
-    def _enabled(self, profile: Profile) -> bool:
-        return self._enable_super_admin or not profile.grants_system_masters
-
-    # --- the decision ------------------------------------------------------------
+    # --- the decision ------------------------------------------------------------------
 
     def record_refusal(self, caller: Caller, method: str, error: KubecaError) -> None:
         """Audit a request refused before it could be read (e.g. undecodable bytes)."""
@@ -135,6 +183,7 @@ class Authority:
             status=error.status,
             caller=caller.identity,
             peer=caller.peer,
+            worker=os.getpid(),
         )
 
     def issue(self, caller: Caller, request: IssueRequest) -> IssuedCertificate:
@@ -142,11 +191,14 @@ class Authority:
             "caller": caller.identity,
             "peer": caller.peer,
             "profile": request.profile[:64],
-            "parameters": {k[:64]: v[:256] for k, v in list(request.parameters.items())[:64]},
+            "parameters": {
+                k[:64]: v[:256] for k, v in list(request.parameters.items())[:MAX_PARAMETERS]
+            },
             "lifetime_seconds": int(request.lifetime.total_seconds()) if request.lifetime else 0,
+            "worker": os.getpid(),
         }
         try:
-            issued = self._decide(request, record)
+            issued = self._decide(caller, request, record)
         except KubecaError as exc:
             self._audit.record(
                 "certificate.refused",
@@ -186,17 +238,21 @@ class Authority:
         )
         return issued
 
-    def _decide(self, request: IssueRequest, record: dict[str, Any]) -> IssuedCertificate:
+    def _decide(
+        self, caller: Caller, request: IssueRequest, record: dict[str, Any]
+    ) -> IssuedCertificate:
+        permit = self._authenticate(caller)
         profile = PROFILES.get(request.profile)
         if profile is None:
             raise NotFound(
                 f"no profile named {request.profile[:64]!r}; known profiles: " + ", ".join(PROFILES)
             )
-        if not self._enabled(profile):
+        if not self._server_enables(profile):
             raise PermissionDenied(
                 f"profile {profile.name} issues {profile.organizations[0]} certificates "
                 "(unrevocable cluster-admin) and is disabled; an operator must enable it "
-                "explicitly in the server config ([profiles] enable_super_admin = true)"
+                "explicitly in the server config ([profiles] enable_super_admin = true) "
+                "and name it in the caller's grant"
             )
         if len(request.parameters) > MAX_PARAMETERS:
             raise InvalidArgument(f"at most {MAX_PARAMETERS} parameters are accepted")
@@ -207,9 +263,16 @@ class Authority:
             public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         ).hexdigest()
         inputs = parse_inputs(profile, request.parameters)
-        check_requested_subject(csr, profile.subject(inputs))
-        check_requested_sans(csr, profile.sans(inputs))
+        subject = profile.subject(inputs)
+        sans = profile.sans(inputs)
+        check_requested_subject(csr, subject)
+        check_requested_sans(csr, sans)
         lifetime = self._lifetime(request.lifetime)
+        if permit.grant is not None:
+            grants.check_request(permit.grant, profile, inputs, sans, lifetime)
+        if permit.token is not None:
+            tokens.check_request(permit.token, profile, inputs, sans)
+            record["token_id"] = permit.token.token_id
         authority = self._authorities[profile.authority]
         now = self._clock()
         expiry = authority.certificate.not_valid_after_utc
@@ -221,10 +284,27 @@ class Authority:
             profile, inputs, public_key, authority.issuer, new_serial(), now, lifetime
         )
         self._linter.check(builder, authority.key)
-        certificate = builder.sign(authority.key, hashes.SHA256())
-        # A faulty HSM or a key swapped under us must not produce a bad certificate.
-        certificate.verify_directly_issued_by(authority.certificate)
+        if permit.token is not None:
+            self._consume(permit.token, profile, now)
+        try:
+            certificate = builder.sign(authority.key, signature_hash(authority.key))
+            # A faulty HSM or a key swapped under us must not produce a bad certificate.
+            certificate.verify_directly_issued_by(authority.certificate)
+        except BaseException:
+            if permit.token is not None:
+                self._release(permit.token, profile)
+            raise
         return IssuedCertificate(certificate, authority, profile)
+
+    def _consume(self, token: TokenRecord, profile: Profile, now: datetime) -> None:
+        """Use the token for this profile; of two concurrent uses, exactly one wins."""
+        assert self._store is not None
+        if not self._store.consume_token(token.token_id, profile.name, now):
+            raise Unauthenticated(tokens.INVALID)
+
+    def _release(self, token: TokenRecord, profile: Profile) -> None:
+        assert self._store is not None
+        self._store.release_token(token.token_id, profile.name)
 
     def _lifetime(self, requested: timedelta | None) -> timedelta:
         if requested is None:

@@ -25,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "init", help="create the CA keys in the HSM and their certificates (idempotent)"
     )
+    credentials = commands.add_parser("credentials", help="operator client credentials")
+    actions = credentials.add_subparsers(dest="action", required=True)
+    issue = actions.add_parser(
+        "issue", help="a client certificate and key for an operator identity (its CN)"
+    )
+    issue.add_argument("--name", required=True, help="the identity, as named in [grants]")
+    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
+    issue.add_argument("--lifetime-days", type=int, default=365)
+
     serve = commands.add_parser("serve", help="serve the gRPC API")
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
@@ -42,6 +51,24 @@ def main(argv: list[str] | None = None) -> int:
 
             for line in run_init(config):
                 print(line)
+            return 0
+        if args.command == "credentials":
+            from datetime import timedelta
+
+            from kubeca_server.runtime import issue_credentials
+
+            if not 1 <= args.lifetime_days <= 3650:
+                print("kubeca-server: error: --lifetime-days must be 1 to 3650", file=sys.stderr)
+                return 2
+            out = issue_credentials(config, args.name, args.out, timedelta(days=args.lifetime_days))
+            print(f"wrote {out}/client.crt, client.key (0600) and ca.crt for {args.name!r}")
+            if args.name not in config.grants:
+                print(f"note: [grants.{args.name}] is not in {config.path}: it may obtain nothing")
+            print("client config:")
+            print(f'  address = "{config.listen}"')
+            print(f'  ca_file = "{out.resolve()}/ca.crt"')
+            print(f'  cert_file = "{out.resolve()}/client.crt"')
+            print(f'  key_file = "{out.resolve()}/client.key"')
             return 0
         if args.workers < 1 or args.workers > 64:
             print("kubeca-server: error: --workers must be between 1 and 64", file=sys.stderr)

@@ -7,6 +7,7 @@ variable that holds them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,8 +18,13 @@ from typing import Any
 
 from kubeca_client.errors import ConfigError
 from kubeca_client.keys import KeyAlgorithm
+from kubeca_client.names import IPNetwork
 
 AUTHORITY_NAMES = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
+# Signs the service's own TLS certificate and operator client certificates; never a
+# cluster certificate, and never trusted by the cluster.
+SERVICE_CA = "kubeca-service-ca"
+CLUSTER_AND_SERVICE_CAS = (*AUTHORITY_NAMES, SERVICE_CA)
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
 
@@ -66,20 +72,52 @@ class LeafConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The service's own TLS certificate, signed by the service CA."""
+
+    server_names: tuple[str, ...]
+    certificate_lifetime: timedelta
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one operator identity (its client certificate's CN) may obtain."""
+
+    identity: str
+    profiles: frozenset[str]  # "*" is every profile except those granting system:masters
+    node_names: tuple[str, ...]  # exact names or fnmatch patterns ("worker-*", "*")
+    san_dns: tuple[str, ...]  # exact names, ".suffix" for subdomains, or "*"
+    san_cidrs: tuple[IPNetwork, ...]
+    max_lifetime: timedelta
+    bootstrap_tokens: bool
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     path: Path
     listen: str
+    listen_bootstrap: str | None
     state_dir: Path
     audit_log: Path
     max_request_bytes: int
     hsm: HsmConfig
-    authorities: Mapping[str, AuthorityConfig]
+    authorities: Mapping[str, AuthorityConfig]  # the three cluster CAs and the service CA
     leaf: LeafConfig
     enable_super_admin: bool
+    tls: TlsConfig
+    grants: Mapping[str, Grant]
 
     @property
     def ca_dir(self) -> Path:
         return self.state_dir / "ca"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "kubeca.db"
 
 
 class _Table:
@@ -120,6 +158,12 @@ class _Table:
             return None
         return self.string(key)
 
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.key(key)} must be a list of non-empty strings")
+        return tuple(value)
+
     def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -159,6 +203,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
             "authorities",
             "leaf",
             "profiles",
+            "listen_bootstrap",
+            "tls",
+            "grants",
         },
     )
 
@@ -169,6 +216,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
     listen = top.string("listen", "127.0.0.1:7443")
     if ":" not in listen:
         raise ConfigError("listen must be HOST:PORT, e.g. 127.0.0.1:7443")
+    listen_bootstrap = top.optional_string("listen_bootstrap")
+    if listen_bootstrap is not None and (":" not in listen_bootstrap or listen_bootstrap == listen):
+        raise ConfigError("listen_bootstrap must be HOST:PORT, a port other than listen's")
     state_dir = resolve(top.string("state_dir", "state"))
     audit_log = resolve(top.string("audit_log", str(state_dir / "audit.log")))
 
@@ -184,9 +234,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         pin_env=pin_env,
     )
 
-    authorities_table = top.table("authorities", set(AUTHORITY_NAMES))
+    authorities_table = top.table("authorities", set(CLUSTER_AND_SERVICE_CAS))
     authorities: dict[str, AuthorityConfig] = {}
-    for name in AUTHORITY_NAMES:
+    for name in CLUSTER_AND_SERVICE_CAS:
         table = authorities_table.table(name, {"key_algorithm", "lifetime_days"})
         algorithm_text = table.string("key_algorithm", KeyAlgorithm.ECDSA_P256.value)
         try:
@@ -202,9 +252,33 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
 
     profiles_table = top.table("profiles", {"enable_super_admin"})
 
+    tls_table = top.table("tls", {"server_names", "certificate_lifetime_days"})
+    listen_hosts = [
+        address.rpartition(":")[0].strip("[]")
+        for address in (listen, listen_bootstrap)
+        if address is not None
+    ]
+    names = tls_table.strings("server_names", ("localhost", "127.0.0.1"))
+    # A wildcard bind address has no name to put in a certificate.
+    wildcard = {"0.0.0.0", "::", ""}  # noqa: S104
+    extra_names = [h for h in listen_hosts if h not in wildcard and h not in names]
+    tls = TlsConfig(
+        server_names=(*names, *extra_names),
+        certificate_lifetime=timedelta(
+            days=tls_table.integer("certificate_lifetime_days", 90, 1, 825)
+        ),
+    )
+
+    grants_table = top.table("grants", set(top.data.get("grants", {})))
+    grants = {
+        identity: _grant(grants_table.table(identity, GRANT_KEYS), identity)
+        for identity in grants_table.data
+    }
+
     return ServerConfig(
         path=path,
         listen=listen,
+        listen_bootstrap=listen_bootstrap,
         state_dir=state_dir,
         audit_log=audit_log,
         max_request_bytes=top.integer(
@@ -214,4 +288,34 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         authorities=authorities,
         leaf=LeafConfig(timedelta(days=default_days), timedelta(days=max_days)),
         enable_super_admin=profiles_table.boolean("enable_super_admin", False),
+        tls=tls,
+        grants=grants,
+    )
+
+
+GRANT_KEYS = {
+    "profiles",
+    "node_names",
+    "san_dns",
+    "san_cidrs",
+    "max_lifetime_days",
+    "bootstrap_tokens",
+}
+
+
+def _grant(table: _Table, identity: str) -> Grant:
+    cidrs = []
+    for text in table.strings("san_cidrs"):
+        try:
+            cidrs.append(ipaddress.ip_network(text, strict=True))
+        except ValueError:
+            raise ConfigError(f"{table.key('san_cidrs')}: {text!r} is not a CIDR") from None
+    return Grant(
+        identity=identity,
+        profiles=frozenset(table.strings("profiles")),
+        node_names=table.strings("node_names"),
+        san_dns=table.strings("san_dns"),
+        san_cidrs=tuple(cidrs),
+        max_lifetime=timedelta(days=table.integer("max_lifetime_days", 365, 1, 3650)),
+        bootstrap_tokens=table.boolean("bootstrap_tokens", False),
     )

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InvalidArgument
@@ -21,7 +20,7 @@ from kubeca_client.names import is_dns1123_subdomain
 from pkilint import loader
 from pkilint.pkix import certificate, extension, name
 
-from kubeca_server.keys import CAPrivateKey
+from kubeca_server.keys import CAPrivateKey, signature_hash
 
 FAILING = {"FATAL", "ERROR"}
 # pkilint checks DNS names with the web-PKI rule of its `validators` dependency, which
@@ -110,7 +109,7 @@ class Linter:
 
     def check(self, builder: x509.CertificateBuilder, ca_key: CAPrivateKey) -> None:
         """Refuse the template unless its throwaway-signed copy lints clean."""
-        copy = builder.sign(self._throwaway_like(ca_key), hashes.SHA256())
+        copy = builder.sign(self._throwaway_like(ca_key), signature_hash(ca_key))
         errors = self.errors(copy.public_bytes(Encoding.DER))
         if errors:
             raise InvalidArgument(

@@ -382,8 +382,34 @@ def build_ca(
     )
 
 
+SERVICE_CA = "kubeca-service-ca"
 CA_COMMON_NAMES: Mapping[str, str] = {
     KUBERNETES_CA: "kubernetes",
     ETCD_CA: "etcd-ca",
     FRONT_PROXY_CA: "front-proxy-ca",
+    SERVICE_CA: "kubeca-service-ca",
 }
+
+# The service's own certificates, signed by the service CA. Not in PROFILES: no
+# request can name them, and the cluster never trusts their CA.
+SERVICE_SERVER = Profile(
+    "kubeca-server",
+    SERVICE_CA,
+    "kubeca-server",
+    (),
+    SERVER,
+    (),
+    (EXTRA_SANS,),
+    "the configured server names",
+    lambda i: i.extra_sans,
+)
+OPERATOR = Profile(
+    "kubeca-operator",
+    SERVICE_CA,
+    "{node_name}",  # the operator identity's name
+    ("kubeca:operators",),
+    CLIENT,
+    (NODE_NAME,),
+    (),
+    "none",
+)

@@ -15,19 +15,22 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 import grpc
 import structlog
+from cryptography.hazmat.primitives.serialization import Encoding
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kubeca_client.errors import ConfigError, KubecaError
+from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 
 from kubeca_server.audit import AuditLog
-from kubeca_server.authorities import CertificateAuthority, init_authorities, load_authorities
+from kubeca_server.authorities import init_authorities, load_authorities
 from kubeca_server.authority import Authority
-from kubeca_server.config import ServerConfig, load_config
+from kubeca_server.config import SERVICE_CA, ServerConfig, load_config
 from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
 from kubeca_server.lint import Linter
 from kubeca_server.logs import configure_logging
@@ -37,6 +40,13 @@ from kubeca_server.service import (
     HealthMonitor,
     add_to_server,
 )
+from kubeca_server.service_tls import (
+    ensure_server_certificate,
+    issue_operator_credentials,
+    load_server_credentials,
+)
+from kubeca_server.store import SQLiteStore
+from kubeca_server.token_admin import TokenAdmin
 
 log = structlog.get_logger("kubeca.server")
 
@@ -54,18 +64,53 @@ def run_init(config: ServerConfig) -> list[str]:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     backend = open_backend(config)
     try:
-        return init_authorities(config, backend, Linter())
+        linter = Linter()
+        report = init_authorities(config, backend, linter)
+        service_ca = load_authorities(config, backend)[SERVICE_CA]
+        report.append(ensure_server_certificate(config, service_ca, linter))
+        return report
     finally:
         backend.close()
 
 
-def check_authorities(config: ServerConfig) -> dict[str, CertificateAuthority]:
-    """Load and verify every CA once, then let go of the HSM session."""
+def check_startup(config: ServerConfig) -> None:
+    """Everything a worker needs, checked once before any worker is spawned, so a
+    wrong setup stops the server with its real reason instead of a respawn loop."""
     backend = open_backend(config)
     try:
-        return load_authorities(config, backend)
+        authorities = load_authorities(config, backend)
+        load_server_credentials(config, authorities[SERVICE_CA])
     finally:
         backend.close()
+    AuditLog(config.audit_log).close()
+    SQLiteStore(config.database).close()
+
+
+def issue_credentials(config: ServerConfig, name: str, out: Path, lifetime: timedelta) -> Path:
+    """Write an operator's client certificate, key and the service CA into ``out``."""
+    backend = open_backend(config)
+    audit = AuditLog(config.audit_log)
+    try:
+        service_ca = load_authorities(config, backend)[SERVICE_CA]
+        credentials = issue_operator_credentials(name, service_ca, Linter(), lifetime)
+        certificate = credentials.certificate
+        audit.record(
+            "credentials.issued",
+            "warning",
+            outcome="issued",
+            identity=name,
+            serial=format(certificate.serial_number, "x"),
+            not_after=certificate.not_valid_after_utc.isoformat(),
+            has_grant=name in config.grants,
+        )
+    finally:
+        audit.close()
+        backend.close()
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(out / "client.key", credentials.key_pem, PRIVATE)
+    atomic_write(out / "client.crt", certificate.public_bytes(Encoding.PEM), PUBLIC)
+    atomic_write(out / "ca.crt", credentials.ca_pem, PUBLIC)
+    return out
 
 
 @dataclass
@@ -74,24 +119,32 @@ class Worker:
     health: HealthMonitor
     backend: Pkcs11Backend
     audit: AuditLog
+    store: SQLiteStore
     port: int
 
     def stop(self) -> None:
         self.health.stop()
         self.server.stop(GRACE_SECONDS).wait()
+        self.health.join()
         self.backend.close()
+        self.store.close()
         self.audit.close()
 
 
 def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
     backend = open_backend(config)
     authorities = load_authorities(config, backend)
+    service_ca = authorities.pop(SERVICE_CA)
+    tls = load_server_credentials(config, service_ca)
     audit = AuditLog(config.audit_log)
+    store = SQLiteStore(config.database)
     authority = Authority(
         authorities,
         config.leaf,
         audit,
         Linter(),
+        grants=config.grants,
+        store=store,
         enable_super_admin=config.enable_super_admin,
     )
     monitor = HealthMonitor(backend.probe)
@@ -104,21 +157,40 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
         ],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
-    add_to_server(CertificateAuthorityService(authority, monitor), server)
+    service = CertificateAuthorityService(
+        authority, TokenAdmin(store, audit, config.grants), monitor, service_ca.ca_cert_hash
+    )
+    add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server
     )
+    pair = [(tls.key_pem, tls.chain_pem)]
+    # Operators must present a client certificate from the service CA. grpcio cannot
+    # make a client certificate optional, so the anonymous and bootstrap-token callers
+    # have their own port, TLS without client certificates.
+    operator_port = _bind(
+        server,
+        config.listen,
+        grpc.ssl_server_credentials(
+            pair, root_certificates=service_ca.certificate_pem.encode(), require_client_auth=True
+        ),
+    )
+    if config.listen_bootstrap:
+        _bind(server, config.listen_bootstrap, grpc.ssl_server_credentials(pair))
+    monitor.start()
+    server.start()
+    return Worker(server, monitor, backend, audit, store, operator_port)
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:
     try:
-        port = server.add_insecure_port(config.listen)
+        port = server.add_secure_port(address, credentials)
     except RuntimeError:
         port = 0
     if port == 0:
-        backend.close()
-        raise ConfigError(f"listen: cannot bind {config.listen} (in use, or not a local address)")
-    monitor.start()
-    server.start()
-    return Worker(server, monitor, backend, audit, port)
+        raise ConfigError(f"cannot bind {address} (in use, or not a local address)")
+    return port
 
 
 def _serve_one(config_path: Path, reuse_port: bool) -> None:
@@ -148,8 +220,7 @@ def _worker_main(config_path: str) -> None:
 
 
 def serve(config: ServerConfig, workers: int) -> None:
-    # Fail at start, with the real reason, before any worker is spawned.
-    check_authorities(config)
+    check_startup(config)
     if workers == 1:
         _serve_one(config.path, reuse_port=False)
         return

@@ -16,16 +16,21 @@ from typing import NoReturn
 
 import grpc
 import structlog
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
-from kubeca_client.errors import InvalidArgument, KubecaError, Unavailable
+from kubeca_client.errors import InvalidArgument, KubecaError, Unauthenticated, Unavailable
 
-from kubeca_server.authority import Authority, Caller, IssueRequest
+from kubeca_server.authority import ANONYMOUS, OPERATOR, TOKEN, Authority, Caller, IssueRequest
 from kubeca_server.profiles import EKU_NAMES, LEAF_KEY_USAGES
+from kubeca_server.store import TokenRecord
+from kubeca_server.token_admin import TokenAdmin
+from kubeca_server.tokens import TokenRequest
 
 log = structlog.get_logger("kubeca.service")
 
@@ -42,7 +47,30 @@ def _lifetime(seconds: int) -> timedelta | None:
 
 
 def _caller(context: grpc.ServicerContext) -> Caller:
-    return Caller(identity="anonymous", peer=context.peer())
+    """Who is calling: an operator's verified client certificate, else a bootstrap
+    token in the authorization metadata, else nobody.
+
+    gRPC verified the certificate chain to the service CA during the handshake (the
+    operator port requires it); the certificate must also be one made for clients.
+    """
+    peer = context.peer()
+    # grpcio gives each auth property as a list of bytes (its stubs say bytes).
+    pems: list[bytes] = list(context.auth_context().get("x509_pem_cert", []))  # type: ignore[arg-type]
+    if pems:
+        certificate = x509.load_pem_x509_certificate(pems[0])
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usages = x509.ExtendedKeyUsage([])
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages or not names:
+            raise Unauthenticated("the client certificate is not an operator certificate")
+        return Caller(identity=str(names[0].value), peer=peer, kind=OPERATOR)
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            token = value.removeprefix("Bearer ").strip()
+            return Caller(f"token:{token.split('.')[0][:6]}", peer, TOKEN, token)
+    return Caller(identity="anonymous", peer=peer, kind=ANONYMOUS)
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -71,6 +99,11 @@ class HealthMonitor:
         self._stop.set()
         self._wake.set()
 
+    def join(self) -> None:
+        """Wait for the probe thread, so nothing touches the HSM after this returns."""
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
     def recheck_soon(self) -> None:
         self._wake.set()
 
@@ -79,6 +112,10 @@ class HealthMonitor:
             self._probe()
         except KubecaError as exc:
             self._set(False, exc.message)
+        except Exception as exc:
+            # Whatever broke, the HSM is not known to work: say so, and keep probing.
+            log.exception("health.probe_failed")
+            self._set(False, type(exc).__name__)
         else:
             self._set(True, "")
 
@@ -107,9 +144,17 @@ class HealthMonitor:
 
 
 class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
-    def __init__(self, authority: Authority, health_monitor: HealthMonitor) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        tokens: TokenAdmin,
+        health_monitor: HealthMonitor,
+        service_ca_hash: str,
+    ) -> None:
         self._authority = authority
+        self._tokens = tokens
         self._health = health_monitor
+        self._service_ca_hash = service_ca_hash
 
     @contextmanager
     def _mapped_errors(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
@@ -183,7 +228,7 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
     ) -> pb.ListProfilesResponse:
         with self._mapped_errors(context, "ListProfiles"):
             profiles = []
-            for view in self._authority.profiles():
+            for view in self._authority.profiles(_caller(context)):
                 p = view.profile
                 profiles.append(
                     pb.Profile(
@@ -209,6 +254,43 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                     )
                 )
             return pb.ListProfilesResponse(profiles=profiles)
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def CreateBootstrapToken(
+        self, request: pb.CreateBootstrapTokenRequest, context: grpc.ServicerContext
+    ) -> pb.CreateBootstrapTokenResponse:
+        with self._mapped_errors(context, "CreateBootstrapToken"):
+            token, record = self._tokens.create(
+                _caller(context),
+                TokenRequest(
+                    profiles=list(request.profiles),
+                    node_name=request.node_name,
+                    addresses=list(request.addresses),
+                    ttl=_lifetime(request.ttl_seconds),
+                ),
+            )
+            return pb.CreateBootstrapTokenResponse(
+                token=token,
+                token_id=record.token_id,
+                expires=_timestamp(record.expires_at),
+                ca_cert_hash=self._service_ca_hash,
+            )
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def ListBootstrapTokens(
+        self, request: pb.ListBootstrapTokensRequest, context: grpc.ServicerContext
+    ) -> pb.ListBootstrapTokensResponse:
+        with self._mapped_errors(context, "ListBootstrapTokens"):
+            records = self._tokens.list(_caller(context))
+            return pb.ListBootstrapTokensResponse(tokens=[_token_message(r) for r in records])
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def RevokeBootstrapToken(
+        self, request: pb.RevokeBootstrapTokenRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeBootstrapTokenResponse:
+        with self._mapped_errors(context, "RevokeBootstrapToken"):
+            self._tokens.revoke(_caller(context), request.token_id)
+            return pb.RevokeBootstrapTokenResponse()
         raise AssertionError("unreachable: _mapped_errors aborts")
 
 
@@ -257,6 +339,19 @@ def _decoding(
         return handler(request, context)
 
     return decode_then_handle
+
+
+def _token_message(record: TokenRecord) -> pb.BootstrapToken:
+    return pb.BootstrapToken(
+        token_id=record.token_id,
+        profiles=list(record.profiles),
+        node_name=record.node_name,
+        addresses=list(record.addresses),
+        expires=_timestamp(record.expires_at),
+        created_by=record.created_by,
+        used_profiles=list(record.used_profiles),
+        revoked=record.revoked,
+    )
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

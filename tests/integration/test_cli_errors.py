@@ -24,10 +24,10 @@ KUBECA = str(BIN / "kubeca")
 CONFIG_ENV = "KUBECA_CLIENT_CONFIG"
 
 
-def _write_client_config(directory: Path, address: str, timeout_seconds: float = 10) -> Path:
-    path = directory / "client.toml"
-    path.write_text(f'address = "{address}"\ntimeout_seconds = {timeout_seconds}\n')
-    return path
+def _write_client_config(
+    directory: Path, server: RunningServer, address: str | None = None, timeout_seconds: float = 10
+) -> Path:
+    return server.client_config(directory / "client.toml", timeout_seconds, address)
 
 
 def _kubeca(
@@ -54,7 +54,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments:
 
 @pytest.fixture
 def config(server: RunningServer, tmp_path: Path) -> Path:
-    return _write_client_config(tmp_path, server.address)
+    return _write_client_config(tmp_path, server)
 
 
 @pytest.fixture
@@ -180,8 +180,12 @@ def _closed_port() -> int:
     return port  # nothing listens here once the socket is closed
 
 
-def test_unreachable_server_fails_fast_with_exit_69(tmp_path: Path, out: Path) -> None:
-    config = _write_client_config(tmp_path, f"127.0.0.1:{_closed_port()}", timeout_seconds=2)
+def test_unreachable_server_fails_fast_with_exit_69(
+    server: RunningServer, tmp_path: Path, out: Path
+) -> None:
+    config = _write_client_config(
+        tmp_path, server, f"127.0.0.1:{_closed_port()}", timeout_seconds=2
+    )
     started = time.monotonic()
     result = _kubeca(*_issue(out), config=config, timeout=30)
     elapsed = time.monotonic() - started
@@ -191,8 +195,12 @@ def test_unreachable_server_fails_fast_with_exit_69(tmp_path: Path, out: Path) -
     assert list(out.iterdir()) == []
 
 
-def test_unreachable_server_for_ca_fails_fast_with_exit_69(tmp_path: Path) -> None:
-    config = _write_client_config(tmp_path, f"127.0.0.1:{_closed_port()}", timeout_seconds=2)
+def test_unreachable_server_for_ca_fails_fast_with_exit_69(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    config = _write_client_config(
+        tmp_path, server, f"127.0.0.1:{_closed_port()}", timeout_seconds=2
+    )
     started = time.monotonic()
     result = _kubeca("ca", config=config, timeout=30)
     assert time.monotonic() - started < 15

@@ -34,7 +34,12 @@ from tests.support import (
     write_server_config,
 )
 
-LABELS = ("kubeca/kubernetes-ca", "kubeca/etcd-ca", "kubeca/front-proxy-ca")
+LABELS = (
+    "kubeca/kubernetes-ca",
+    "kubeca/etcd-ca",
+    "kubeca/front-proxy-ca",
+    "kubeca/kubeca-service-ca",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,8 @@ def initialized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Token, Path]:
     token = make_token(base / "hsm")
     config = write_server_config(base / "server", token)
     result = run_server_cli(config, token, "init")
-    assert result.stdout.count("created an ECDSA-P256 key in the HSM") == 3
+    assert result.stdout.count("created an ECDSA-P256 key in the HSM") == 4
+    assert "server TLS certificate: issued" in result.stdout
     return token, config
 
 
@@ -103,11 +109,12 @@ def test_ca_certificates_belong_to_the_token_keys(
 
 
 def test_no_ca_key_material_is_on_disk(initialized: tuple[Token, Path]) -> None:
+    """The only private key in the state directory is the server's own TLS key."""
     _, config = initialized
     state = config.parent / "state"
-    for path in state.rglob("*"):
-        if path.is_file():
-            assert b"PRIVATE KEY" not in path.read_bytes(), path
+    with_keys = [p for p in state.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+    assert with_keys == [state / "tls" / "server.key"]
+    assert (state / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_init_is_idempotent_and_never_replaces_a_key(
@@ -118,7 +125,8 @@ def test_init_is_idempotent_and_never_replaces_a_key(
     before = {p.name: p.read_bytes() for p in ca_dir.iterdir()}
     objects_before = len(list(in_process_session.get_objects()))
     result = run_server_cli(config, token, "init")
-    assert result.stdout.count("already initialized, nothing changed") == 3
+    assert result.stdout.count("already initialized, nothing changed") == 4
+    assert "server TLS certificate: current" in result.stdout
     assert {p.name: p.read_bytes() for p in ca_dir.iterdir()} == before
     assert len(list(in_process_session.get_objects())) == objects_before
 
@@ -263,18 +271,21 @@ def test_backend_recovers_a_lost_session(
         backend.close()
 
 
-def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
+def _health(server: RunningServer) -> int:
+    # The bootstrap port, without a client certificate: health is for anyone.
+    with grpc.secure_channel(
+        server.bootstrap_address, server.credentials(operator=False)
+    ) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="kubeca.v1.CertificateAuthority"), timeout=5
         )
         return int(reply.status)
 
 
-def _wait_health(address: str, status: int, timeout: float = 30) -> None:
+def _wait_health(server: RunningServer, status: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _health(address) == status:
+        if _health(server) == status:
             return
         time.sleep(0.25)
     raise AssertionError(f"health did not become {status} within {timeout}s")
@@ -292,12 +303,12 @@ def test_losing_the_token_makes_the_service_unavailable_until_it_returns(tmp_pat
             _issue_admin(client)
             tokens.rename(away)
             tokens.mkdir()
-            _wait_health(server.address, health_pb2.HealthCheckResponse.NOT_SERVING)
+            _wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(Unavailable):
                 _issue_admin(client)
             tokens.rmdir()
             away.rename(tokens)
-            _wait_health(server.address, health_pb2.HealthCheckResponse.SERVING)
+            _wait_health(server, health_pb2.HealthCheckResponse.SERVING)
             _issue_admin(client)
     finally:
         if away.exists():

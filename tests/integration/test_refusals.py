@@ -34,7 +34,7 @@ from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.client import Client
 from kubeca_client.errors import InvalidArgument, NotFound, PermissionDenied
 
-from tests.support import RunningServer
+from tests.support import OPERATOR, RunningServer
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,7 @@ def _assert_refused(
     assert record["status"] == code.name
     assert record["reason"] == refusal.details
     assert record["profile"] == profile[:64]
-    assert record["caller"] == "anonymous"
+    assert record["caller"] == OPERATOR  # the identity of the client certificate
     assert "127.0.0.1" in record["peer"]
 
 
@@ -211,7 +211,7 @@ def issued_at_start(server: RunningServer) -> int:
 
 @pytest.fixture(scope="module")
 def channel(server: RunningServer, issued_at_start: int) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address) as ch:
+    with server.channel() as ch:
         yield ch
 
 
@@ -880,7 +880,7 @@ def test_client_raises_invalid_argument_for_a_bad_parameter(
 
 
 def test_server_still_serves_after_all_of_that(server: RunningServer, client: Client) -> None:
-    with grpc.insecure_channel(server.address) as fresh:
+    with server.channel() as fresh:
         reply = health_pb2_grpc.HealthStub(fresh).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -17,7 +16,7 @@ def test_service_lists_three_authorities(client: Client) -> None:
 
 
 def test_reflection_describes_the_api(server: RunningServer) -> None:
-    with grpc.insecure_channel(server.address) as channel:
+    with server.channel() as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
         assert {"kubeca.v1.CertificateAuthority", "grpc.health.v1.Health"} <= services

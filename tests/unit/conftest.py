@@ -6,9 +6,10 @@ session; each test gets its own audit log so it can read exactly its own records
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from kubeca_server.audit import AuditLog
 from kubeca_server.authorities import CertificateAuthority, init_authorities, load_authorities
 from kubeca_server.authority import Authority
-from kubeca_server.config import ServerConfig, parse_config
+from kubeca_server.config import SERVICE_CA, Grant, ServerConfig, parse_config
 from kubeca_server.keys.memory import MemoryBackend
 from kubeca_server.lint import Linter
 
@@ -44,7 +45,23 @@ def make_ca_set(directory: Path, linter: Linter, **extra: Any) -> CASet:
     config = parse_config(minimal_config(directory, **extra), directory / "kubeca.toml")
     backend = MemoryBackend()
     init_authorities(config, backend, linter)
-    return CASet(config, backend, load_authorities(config, backend))
+    authorities = load_authorities(config, backend)
+    authorities.pop(SERVICE_CA)  # the service CA signs no cluster certificate
+    return CASet(config, backend, authorities)
+
+
+# The unit tests' caller may have everything, super-admin included, so each test sees
+# the profile and request rules alone; tests/unit/test_grants.py covers grants.
+EVERYTHING = Grant(
+    identity="test-caller",
+    profiles=frozenset({"*", "super-admin"}),
+    node_names=("*",),
+    san_dns=("*",),
+    san_cidrs=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+    max_lifetime=timedelta(days=3650),
+    bootstrap_tokens=True,
+)
+GRANTS = {EVERYTHING.identity: EVERYTHING}
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +113,7 @@ def make_authority(ca_set: CASet, audit: AuditLog, linter: Linter) -> AuthorityF
         cas: CASet | None = None,
     ) -> Authority:
         chosen = cas or ca_set
-        options: dict[str, Any] = {"enable_super_admin": enable_super_admin}
+        options: dict[str, Any] = {"enable_super_admin": enable_super_admin, "grants": GRANTS}
         if clock is not None:
             options["clock"] = clock
         return Authority(chosen.authorities, chosen.config.leaf, audit, linter, **options)

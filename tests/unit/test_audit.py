@@ -14,7 +14,7 @@ from kubeca_server.audit import AuditLog
 from kubeca_server.authority import Authority, Caller, IssueRequest
 from kubeca_server.lint import Linter
 
-from tests.unit.conftest import CASet
+from tests.unit.conftest import GRANTS, CASet
 from tests.unit.helpers import make_csr, read_audit
 
 
@@ -73,7 +73,7 @@ def test_issued_record_is_fsynced_before_issue_returns(
             synced.append(audit_path.read_text())
 
     monkeypatch.setattr(os, "fsync", spy)  # the sink calls os.fsync(fd)
-    issued = authority.issue(Caller("t"), IssueRequest("admin", make_csr()))
+    issued = authority.issue(Caller("test-caller"), IssueRequest("admin", make_csr()))
     assert len(synced) == 1
     assert issued.serial_hex in synced[0]
     assert '"certificate.issued"' in synced[0]
@@ -82,9 +82,9 @@ def test_issued_record_is_fsynced_before_issue_returns(
 def test_no_certificate_when_the_audit_log_cannot_be_written(ca_set: CASet, linter: Linter) -> None:
     full = AuditLog(Path("/dev/full"))  # every write fails with ENOSPC
     try:
-        authority = Authority(ca_set.authorities, ca_set.config.leaf, full, linter)
+        authority = Authority(ca_set.authorities, ca_set.config.leaf, full, linter, grants=GRANTS)
         with pytest.raises(Unavailable, match="audit log cannot be written"):
-            authority.issue(Caller("t"), IssueRequest("admin", make_csr()))
+            authority.issue(Caller("test-caller"), IssueRequest("admin", make_csr()))
     finally:
         full.close()
 

@@ -21,7 +21,7 @@ from kubeca_server.keys.memory import MemoryBackend
 from kubeca_server.lint import Linter
 from kubeca_server.profiles import build_ca
 
-from tests.unit.conftest import CASet, make_ca_set, minimal_config
+from tests.unit.conftest import GRANTS, CASet, make_ca_set, minimal_config
 from tests.unit.helpers import make_csr, p256_key
 
 CA_CNS = {"kubernetes-ca": "kubernetes", "etcd-ca": "etcd-ca", "front-proxy-ca": "front-proxy-ca"}
@@ -160,8 +160,10 @@ def test_rsa_and_p384_cas_issue_verifiable_leaves(
 ) -> None:
     audit = AuditLog(tmp_path / "audit.log")
     try:
-        authority = Authority(mixed_ca_set.authorities, mixed_ca_set.config.leaf, audit, linter)
-        issued = authority.issue(Caller("t"), IssueRequest(profile, make_csr(p256_key())))
+        authority = Authority(
+            mixed_ca_set.authorities, mixed_ca_set.config.leaf, audit, linter, grants=GRANTS
+        )
+        issued = authority.issue(Caller("test-caller"), IssueRequest(profile, make_csr(p256_key())))
     finally:
         audit.close()
     issued.certificate.verify_directly_issued_by(issued.authority.certificate)

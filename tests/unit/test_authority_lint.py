@@ -15,7 +15,7 @@ from kubeca_server.authority import Authority, Caller, IssueRequest
 from kubeca_server.keys import CAPrivateKey
 from kubeca_server.lint import Linter
 
-from tests.unit.conftest import CASet
+from tests.unit.conftest import GRANTS, CASet
 from tests.unit.helpers import NODE_PARAMS, make_csr, read_audit
 
 
@@ -79,7 +79,7 @@ def counting_authority(
     for name, ca in authorities.items():
         assert isinstance(ca.key, ec.EllipticCurvePrivateKey)
         authorities[name] = CertificateAuthority(name, ca.certificate, CountingKey(ca.key, events))
-    return Authority(authorities, ca_set.config.leaf, audit, linter)
+    return Authority(authorities, ca_set.config.leaf, audit, linter, grants=GRANTS)
 
 
 def test_lint_runs_before_the_one_ca_signature(
@@ -87,7 +87,9 @@ def test_lint_runs_before_the_one_ca_signature(
 ) -> None:
     events: list[str] = []
     authority = counting_authority(ca_set, RecordingLinter(linter, events), audit, events)
-    issued = authority.issue(Caller("t"), IssueRequest("apiserver", make_csr(), NODE_PARAMS))
+    issued = authority.issue(
+        Caller("test-caller"), IssueRequest("apiserver", make_csr(), NODE_PARAMS)
+    )
     assert events == ["lint", "ca-sign"]
     issued.certificate.verify_directly_issued_by(issued.authority.certificate)
 
@@ -99,7 +101,7 @@ def test_lint_refusal_means_the_ca_key_never_signs(
     refusing = RecordingLinter(linter, events, refuse=True)
     authority = counting_authority(ca_set, refusing, audit, events)
     with pytest.raises(InvalidArgument, match="would not pass lint"):
-        authority.issue(Caller("t"), IssueRequest("admin", make_csr()))
+        authority.issue(Caller("test-caller"), IssueRequest("admin", make_csr()))
     assert events == ["lint"]
     (record,) = read_audit(audit_path)
     assert record["outcome"] == "refused"
@@ -114,7 +116,7 @@ def test_a_name_pkilint_refuses_is_refused_unsigned(
     authority = counting_authority(ca_set, linter, audit, events)
     params = dict(NODE_PARAMS, extra_sans="node.1")
     with pytest.raises(InvalidArgument, match=r"would not pass lint.*node\.1"):
-        authority.issue(Caller("t"), IssueRequest("etcd-server", make_csr(), params))
+        authority.issue(Caller("test-caller"), IssueRequest("etcd-server", make_csr(), params))
     assert events == []
     (record,) = read_audit(audit_path)
     assert record["outcome"] == "refused"

@@ -386,7 +386,7 @@ def test_ordinary_issuance_is_audited_as_info(authority: Authority, audit_path: 
 
 
 def test_profiles_report_super_admin_disabled_by_default(authority: Authority) -> None:
-    enabled = {view.profile.name: view.enabled for view in authority.profiles()}
+    enabled = {view.profile.name: view.enabled for view in authority.profiles(CALLER)}
     assert enabled.pop("super-admin") is False
     assert all(enabled.values())
 
@@ -395,7 +395,7 @@ def test_profiles_report_super_admin_enabled_when_configured(
     make_authority: AuthorityFactory,
 ) -> None:
     enabled = {
-        v.profile.name: v.enabled for v in make_authority(enable_super_admin=True).profiles()
+        v.profile.name: v.enabled for v in make_authority(enable_super_admin=True).profiles(CALLER)
     }
     assert enabled["super-admin"] is True
 

@@ -92,13 +92,15 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_client_config_defaults(tmp_path: Path) -> None:
-    config = load_client_config(write(tmp_path, 'address = "ca.example:7443"\n'))
+    config = load_client_config(
+        write(tmp_path, 'address = "ca.example:7443"\nca_file = "ca.crt"\n')
+    )
     assert config.address == "ca.example:7443"
     assert config.timeout_seconds == DEFAULT_TIMEOUT_SECONDS
 
 
 def test_client_config_timeout(tmp_path: Path) -> None:
-    path = write(tmp_path, 'address = "h:1"\ntimeout_seconds = 2\n')
+    path = write(tmp_path, 'address = "h:1"\ntimeout_seconds = 2\nca_file = "ca.crt"\n')
     assert load_client_config(path).timeout_seconds == 2.0
 
 

@@ -34,7 +34,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.enable_super_admin is False
     assert config.leaf.default_lifetime == timedelta(days=365)
     assert config.leaf.max_lifetime == timedelta(days=365)
-    assert sorted(config.authorities) == ["etcd-ca", "front-proxy-ca", "kubernetes-ca"]
+    assert sorted(config.authorities) == [
+        "etcd-ca",
+        "front-proxy-ca",
+        "kubeca-service-ca",
+        "kubernetes-ca",
+    ]
+    assert config.listen_bootstrap is None
+    assert config.grants == {}
+    assert config.tls.server_names == ("localhost", "127.0.0.1")
     for authority in config.authorities.values():
         assert authority.key_algorithm is KeyAlgorithm.ECDSA_P256
         assert authority.lifetime == timedelta(days=3650)

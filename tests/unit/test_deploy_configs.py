@@ -14,7 +14,12 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "deploy" / "config").gl
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_config_loads(path: Path) -> None:
     config = load_config(path)
-    assert set(config.authorities) == {"kubernetes-ca", "etcd-ca", "front-proxy-ca"}
+    assert set(config.authorities) == {
+        "kubernetes-ca",
+        "etcd-ca",
+        "front-proxy-ca",
+        "kubeca-service-ca",
+    }
     assert config.hsm.pin_file is not None or config.hsm.pin_env is not None
     assert config.enable_super_admin is False
 

@@ -58,7 +58,7 @@ def test_well_formed_certificate_has_no_errors(linter: Linter) -> None:
 
 def test_issued_certificates_lint_clean(linter: Linter, authority: Authority) -> None:
     for profile, params in [("apiserver", NODE_PARAMS), ("etcd-peer", NODE_PARAMS), ("admin", {})]:
-        issued = authority.issue(Caller("t"), IssueRequest(profile, make_csr(), params))
+        issued = authority.issue(Caller("test-caller"), IssueRequest(profile, make_csr(), params))
         assert linter.errors(issued.certificate.public_bytes(Encoding.DER)) == []
 
 

@@ -152,4 +152,5 @@ def test_ca_common_names_are_kubeadms() -> None:
         "kubernetes-ca": "kubernetes",
         "etcd-ca": "etcd-ca",
         "front-proxy-ca": "front-proxy-ca",
+        "kubeca-service-ca": "kubeca-service-ca",
     }

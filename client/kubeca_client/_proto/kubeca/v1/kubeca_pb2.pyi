@@ -259,7 +259,9 @@ class Profile(_message.Message):
     default_lifetime_seconds: _builtins.int
     max_lifetime_seconds: _builtins.int
     enabled: _builtins.bool
-    """False when the server's configuration disables the profile (super-admin by default)."""
+    """Whether this caller may request the profile: its grant allows it and the server
+    does not disable it (super-admin is disabled by default).
+    """
     @_builtins.property
     def organizations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -310,3 +312,185 @@ class ListProfilesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProfilesResponse: _TypeAlias = ListProfilesResponse  # noqa: Y015
+
+@_typing.final
+class CreateBootstrapTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    node_name: _builtins.str
+    """The only node_name the token may name."""
+    ttl_seconds: _builtins.int
+    """Validity; 0 means the default (1 hour). At most 24 hours."""
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Profiles the token may obtain, each once (e.g. kubelet-client, kubelet-serving)."""
+
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The only addresses (advertise_address, IP extra_sans) the token may name."""
+
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[_builtins.str] | None = ...,
+        node_name: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "node_name", b"node_name", "profiles", b"profiles", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBootstrapTokenRequest: _TypeAlias = CreateBootstrapTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateBootstrapTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    CA_CERT_HASH_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """"[a-z0-9]{6}.[a-z0-9]{16}", as kubeadm's join tokens; shown only here."""
+    token_id: _builtins.str
+    ca_cert_hash: _builtins.str
+    """"sha256:" + hex SHA-256 of the service CA's SubjectPublicKeyInfo, for --ca-cert-hash."""
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+        ca_cert_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_cert_hash", b"ca_cert_hash", "expires", b"expires", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBootstrapTokenResponse: _TypeAlias = CreateBootstrapTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListBootstrapTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBootstrapTokensRequest: _TypeAlias = ListBootstrapTokensRequest  # noqa: Y015
+
+@_typing.final
+class BootstrapToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    USED_PROFILES_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    node_name: _builtins.str
+    created_by: _builtins.str
+    revoked: _builtins.bool
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def used_profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Profiles already obtained with the token."""
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        profiles: _abc.Iterable[_builtins.str] | None = ...,
+        node_name: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        used_profiles: _abc.Iterable[_builtins.str] | None = ...,
+        revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "created_by", b"created_by", "expires", b"expires", "node_name", b"node_name", "profiles", b"profiles", "revoked", b"revoked", "token_id", b"token_id", "used_profiles", b"used_profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BootstrapToken: _TypeAlias = BootstrapToken  # noqa: Y015
+
+@_typing.final
+class ListBootstrapTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___BootstrapToken]: ...
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___BootstrapToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBootstrapTokensResponse: _TypeAlias = ListBootstrapTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeBootstrapTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeBootstrapTokenRequest: _TypeAlias = RevokeBootstrapTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeBootstrapTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeBootstrapTokenResponse: _TypeAlias = RevokeBootstrapTokenResponse  # noqa: Y015

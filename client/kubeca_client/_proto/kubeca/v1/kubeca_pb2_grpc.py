@@ -51,6 +51,21 @@ class CertificateAuthorityStub:
                 request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListProfilesRequest.SerializeToString,
                 response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListProfilesResponse.FromString,
                 _registered_method=True)
+        self.CreateBootstrapToken = channel.unary_unary(
+                '/kubeca.v1.CertificateAuthority/CreateBootstrapToken',
+                request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.CreateBootstrapTokenRequest.SerializeToString,
+                response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.CreateBootstrapTokenResponse.FromString,
+                _registered_method=True)
+        self.ListBootstrapTokens = channel.unary_unary(
+                '/kubeca.v1.CertificateAuthority/ListBootstrapTokens',
+                request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListBootstrapTokensRequest.SerializeToString,
+                response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListBootstrapTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeBootstrapToken = channel.unary_unary(
+                '/kubeca.v1.CertificateAuthority/RevokeBootstrapToken',
+                request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenRequest.SerializeToString,
+                response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -73,7 +88,29 @@ class CertificateAuthorityServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProfiles(self, request, context):
-        """Every profile the service knows, with what it produces and what it takes.
+        """Every profile the service knows, with what it produces, what it takes, and
+        whether the caller may have it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBootstrapToken(self, request, context):
+        """A one-time bootstrap token bound to a node (operators with a token grant only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBootstrapTokens(self, request, context):
+        """Bootstrap tokens that are not yet expired, with their state; never their secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeBootstrapToken(self, request, context):
+        """Makes a token unusable at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +133,21 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.ListProfiles,
                     request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListProfilesRequest.FromString,
                     response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListProfilesResponse.SerializeToString,
+            ),
+            'CreateBootstrapToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBootstrapToken,
+                    request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.CreateBootstrapTokenRequest.FromString,
+                    response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.CreateBootstrapTokenResponse.SerializeToString,
+            ),
+            'ListBootstrapTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBootstrapTokens,
+                    request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListBootstrapTokensRequest.FromString,
+                    response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListBootstrapTokensResponse.SerializeToString,
+            ),
+            'RevokeBootstrapToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeBootstrapToken,
+                    request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenRequest.FromString,
+                    response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +233,87 @@ class CertificateAuthority:
             '/kubeca.v1.CertificateAuthority/ListProfiles',
             kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListProfilesRequest.SerializeToString,
             kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBootstrapToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubeca.v1.CertificateAuthority/CreateBootstrapToken',
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.CreateBootstrapTokenRequest.SerializeToString,
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.CreateBootstrapTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBootstrapTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubeca.v1.CertificateAuthority/ListBootstrapTokens',
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListBootstrapTokensRequest.SerializeToString,
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListBootstrapTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeBootstrapToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubeca.v1.CertificateAuthority/RevokeBootstrapToken',
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenRequest.SerializeToString,
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

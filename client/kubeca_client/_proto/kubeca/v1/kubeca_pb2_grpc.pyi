@@ -40,7 +40,15 @@ class CertificateAuthorityStub:
     GetCACertificates: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.GetCACertificatesRequest, _kubeca_pb2.GetCACertificatesResponse]
     """The CA certificates (all of them, or one by name) with kubeadm-style hashes."""
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.ListProfilesRequest, _kubeca_pb2.ListProfilesResponse]
-    """Every profile the service knows, with what it produces and what it takes."""
+    """Every profile the service knows, with what it produces, what it takes, and
+    whether the caller may have it.
+    """
+    CreateBootstrapToken: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.CreateBootstrapTokenRequest, _kubeca_pb2.CreateBootstrapTokenResponse]
+    """A one-time bootstrap token bound to a node (operators with a token grant only)."""
+    ListBootstrapTokens: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.ListBootstrapTokensRequest, _kubeca_pb2.ListBootstrapTokensResponse]
+    """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
+    RevokeBootstrapToken: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeBootstrapTokenRequest, _kubeca_pb2.RevokeBootstrapTokenResponse]
+    """Makes a token unusable at once."""
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -54,7 +62,15 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     GetCACertificates: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.GetCACertificatesRequest, _kubeca_pb2.GetCACertificatesResponse]  # type: ignore[assignment]
     """The CA certificates (all of them, or one by name) with kubeadm-style hashes."""
     ListProfiles: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.ListProfilesRequest, _kubeca_pb2.ListProfilesResponse]  # type: ignore[assignment]
-    """Every profile the service knows, with what it produces and what it takes."""
+    """Every profile the service knows, with what it produces, what it takes, and
+    whether the caller may have it.
+    """
+    CreateBootstrapToken: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.CreateBootstrapTokenRequest, _kubeca_pb2.CreateBootstrapTokenResponse]  # type: ignore[assignment]
+    """A one-time bootstrap token bound to a node (operators with a token grant only)."""
+    ListBootstrapTokens: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.ListBootstrapTokensRequest, _kubeca_pb2.ListBootstrapTokensResponse]  # type: ignore[assignment]
+    """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
+    RevokeBootstrapToken: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeBootstrapTokenRequest, _kubeca_pb2.RevokeBootstrapTokenResponse]  # type: ignore[assignment]
+    """Makes a token unusable at once."""
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     """CertificateAuthority signs Kubernetes control-plane certificates under fixed
@@ -83,6 +99,32 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         request: _kubeca_pb2.ListProfilesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kubeca_pb2.ListProfilesResponse, _abc.Awaitable[_kubeca_pb2.ListProfilesResponse]]:
-        """Every profile the service knows, with what it produces and what it takes."""
+        """Every profile the service knows, with what it produces, what it takes, and
+        whether the caller may have it.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateBootstrapToken(
+        self,
+        request: _kubeca_pb2.CreateBootstrapTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kubeca_pb2.CreateBootstrapTokenResponse, _abc.Awaitable[_kubeca_pb2.CreateBootstrapTokenResponse]]:
+        """A one-time bootstrap token bound to a node (operators with a token grant only)."""
+
+    @_abc_1.abstractmethod
+    def ListBootstrapTokens(
+        self,
+        request: _kubeca_pb2.ListBootstrapTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kubeca_pb2.ListBootstrapTokensResponse, _abc.Awaitable[_kubeca_pb2.ListBootstrapTokensResponse]]:
+        """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
+
+    @_abc_1.abstractmethod
+    def RevokeBootstrapToken(
+        self,
+        request: _kubeca_pb2.RevokeBootstrapTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kubeca_pb2.RevokeBootstrapTokenResponse, _abc.Awaitable[_kubeca_pb2.RevokeBootstrapTokenResponse]]:
+        """Makes a token unusable at once."""
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

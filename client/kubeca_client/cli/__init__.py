@@ -1,0 +1,46 @@
+"""kubeca: get certificates from a kubeca service; leaf keys are made here and stay here.
+
+Every error reaches the user as one line on stderr and an exit code from the error
+taxonomy; nothing prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kubeca_client.cli import issue, layout, tokens
+from kubeca_client.cli.common import CONFIG_ENV, parse_duration, parse_params
+from kubeca_client.errors import KubecaError
+
+__all__ = ["CONFIG_ENV", "main", "parse_duration", "parse_params"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubeca", description="Kubernetes certificates from an HSM-backed CA"
+    )
+    parser.add_argument(
+        "--config", help=f"client config (TOML); default: ${CONFIG_ENV}", default=None
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    issue.add_commands(commands)
+    layout.add_commands(commands)
+    tokens.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except KubecaError as exc:
+        print(f"kubeca: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"kubeca: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

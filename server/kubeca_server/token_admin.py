@@ -1,0 +1,132 @@
+"""Operators' management of bootstrap tokens: create, list, revoke, each audited.
+
+A token can never carry more than its creator's grant: its profiles, node name and
+addresses must all be ones the creator could have asked for itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from kubeca_client.errors import NotFound, PermissionDenied
+from kubeca_client.names import SubjectAltNames
+
+from kubeca_server import grants
+from kubeca_server.audit import AuditLog
+from kubeca_server.authority import OPERATOR, Caller
+from kubeca_server.config import Grant
+from kubeca_server.profiles import PROFILES, Inputs
+from kubeca_server.store import Store, TokenRecord
+from kubeca_server.tokens import TokenRequest, make_record
+
+
+class TokenAdmin:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        grants_by_identity: Mapping[str, Grant],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._grants = dict(grants_by_identity)
+        self._clock = clock
+
+    def _operator_grant(self, caller: Caller) -> Grant:
+        grant = self._grants.get(caller.identity) if caller.kind == OPERATOR else None
+        if grant is None or not grant.bootstrap_tokens:
+            raise PermissionDenied(
+                f"identity {caller.identity!r} may not manage bootstrap tokens "
+                "(its grant needs bootstrap_tokens = true)"
+            )
+        return grant
+
+    def _audited(
+        self, event: str, caller: Caller, action: Callable[[], object], **fields: object
+    ) -> None:
+        """Run ``action``; audit a refusal, whatever raised it, and let it through."""
+        try:
+            action()
+        except Exception as exc:
+            self._audit.record(
+                f"{event}.refused",
+                "warning",
+                outcome="refused",
+                reason=getattr(exc, "message", "internal error"),
+                caller=caller.identity,
+                peer=caller.peer,
+                worker=os.getpid(),
+                **fields,
+            )
+            raise
+
+    def create(self, caller: Caller, request: TokenRequest) -> tuple[str, TokenRecord]:
+        result: list[tuple[str, TokenRecord]] = []
+
+        def run() -> None:
+            grant = self._operator_grant(caller)
+            token, record = make_record(request, caller.identity, self._clock())
+            # The token may carry nothing its creator could not ask for itself: its
+            # profiles, and its node name and addresses as a client certificate would.
+            for name in record.profiles:
+                profile = PROFILES[name]
+                if not grants.allows_profile(grant, profile):
+                    raise PermissionDenied(
+                        f"grant {grant.identity!r} does not allow profile {name}, so its "
+                        "tokens may not either"
+                    )
+            ips = tuple(ipaddress.ip_address(a) for a in record.addresses)
+            grants.check_request(
+                grant,
+                PROFILES["kubelet-client"],
+                Inputs(node_name=record.node_name),
+                SubjectAltNames(ips=ips),
+                timedelta(0),
+            )
+            self._store.add_token(record)
+            result.append((token, record))
+
+        fields = {
+            "profiles": list(request.profiles)[:16],
+            "node_name": request.node_name[:253],
+            "addresses": list(request.addresses)[:16],
+        }
+        self._audited("token.create", caller, run, **fields)
+        token, record = result[0]
+        self._audit.record(
+            "token.created",
+            "info",
+            outcome="created",
+            token_id=record.token_id,
+            expires=record.expires_at.isoformat(),
+            caller=caller.identity,
+            peer=caller.peer,
+            worker=os.getpid(),
+            **fields,
+        )
+        return token, record
+
+    def list(self, caller: Caller) -> list[TokenRecord]:
+        self._operator_grant(caller)
+        return self._store.list_tokens(self._clock())
+
+    def revoke(self, caller: Caller, token_id: str) -> None:
+        def run() -> None:
+            self._operator_grant(caller)
+            if not self._store.revoke_token(token_id, self._clock()):
+                raise NotFound(f"no unrevoked bootstrap token with id {token_id[:16]!r}")
+
+        self._audited("token.revoke", caller, run, token_id=token_id[:16])
+        self._audit.record(
+            "token.revoked",
+            "info",
+            outcome="revoked",
+            token_id=token_id,
+            caller=caller.identity,
+            peer=caller.peer,
+            worker=os.getpid(),
+        )

@@ -1,0 +1,114 @@
+"""One-time bootstrap tokens, in kubeadm's shape: ``[a-z0-9]{6}.[a-z0-9]{16}``.
+
+The id (before the dot) is public and names the token in lists and audit records;
+the secret is shown once, at creation, and only its hash is stored. A token obtains
+each of its profiles once, for its node name and addresses only, until it expires.
+A wrong, used, revoked or expired token gets one and the same answer, so a caller
+learns nothing by guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from kubeca_client.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from kubeca_client.names import SubjectAltNames, parse_dns_name, parse_ip
+
+from kubeca_server.profiles import PROFILES, Inputs, Profile
+from kubeca_server.store import Store, TokenRecord
+
+TOKEN = re.compile(r"([a-z0-9]{6})\.([a-z0-9]{16})")
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+DEFAULT_TTL = timedelta(hours=1)
+MAX_TTL = timedelta(hours=24)
+INVALID = "invalid bootstrap token"
+
+
+def secret_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    def pick(n: int) -> str:
+        return "".join(secrets.choice(ALPHABET) for _ in range(n))
+
+    return f"{pick(6)}.{pick(16)}"
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    profiles: Sequence[str]
+    node_name: str
+    addresses: Sequence[str]
+    ttl: timedelta | None
+
+
+def make_record(request: TokenRequest, created_by: str, now: datetime) -> tuple[str, TokenRecord]:
+    """Validate a creation request; return the token (shown once) and what is stored."""
+    if not request.profiles:
+        raise InvalidArgument("a bootstrap token needs at least one profile")
+    for name in request.profiles:
+        profile = PROFILES.get(name)
+        if profile is None:
+            raise InvalidArgument(f"no profile named {name[:64]!r}")
+        if profile.grants_system_masters:
+            raise InvalidArgument(f"profile {name} is never available to bootstrap tokens")
+    node_name = parse_dns_name(request.node_name, "node_name")
+    addresses = tuple(str(parse_ip(a, "addresses")) for a in request.addresses)
+    ttl = request.ttl or DEFAULT_TTL
+    if not timedelta(0) < ttl <= MAX_TTL:
+        raise InvalidArgument(f"ttl must be positive and at most {int(MAX_TTL.total_seconds())}s")
+    token = new_token()
+    record = TokenRecord(
+        token_id=token.split(".")[0],
+        secret_hash=secret_hash(token),
+        profiles=tuple(dict.fromkeys(request.profiles)),
+        node_name=node_name,
+        addresses=addresses,
+        expires_at=now + ttl,
+        created_by=created_by,
+        created_at=now,
+    )
+    return token, record
+
+
+def authenticate(store: Store, token: str, now: datetime) -> TokenRecord:
+    """The token's record, if the token is genuine, unrevoked and unexpired."""
+    match = TOKEN.fullmatch(token)
+    if match is None:
+        raise Unauthenticated(INVALID)
+    record = store.find_token(match.group(1))
+    if (
+        record is None
+        or not hmac.compare_digest(record.secret_hash, secret_hash(token))
+        or record.revoked
+        or record.expires_at <= now
+    ):
+        raise Unauthenticated(INVALID)
+    return record
+
+
+def check_request(
+    record: TokenRecord, profile: Profile, inputs: Inputs, sans: SubjectAltNames
+) -> None:
+    """A token obtains its own profiles for its own node and addresses, nothing else."""
+    who = f"bootstrap token {record.token_id}"
+    if profile.name not in record.profiles:
+        raise PermissionDenied(
+            f"{who} does not allow profile {profile.name} (it allows: {', '.join(record.profiles)})"
+        )
+    if inputs.node_name != record.node_name:
+        raise PermissionDenied(f"{who} is bound to node {record.node_name!r}")
+    allowed_ips = set(record.addresses)
+    for ip in sans.ips:
+        if str(ip) not in allowed_ips:
+            raise PermissionDenied(f"{who} does not allow address {ip}")
+    for name in sans.dns:
+        if name != record.node_name:
+            raise PermissionDenied(f"{who} does not allow DNS name {name!r}")
