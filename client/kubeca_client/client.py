@@ -26,6 +26,7 @@ from kubeca_client.errors import (
     DeadlineExceeded,
     InternalError,
     KubecaError,
+    Unauthenticated,
     Unavailable,
 )
 from kubeca_client.trust import pinned_ca
@@ -137,10 +138,23 @@ def _utc(stamp: object) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined, no-any-return]
 
 
+def _tls_refused(details: str) -> bool:
+    text = details.lower()
+    return "socket closed" in text or "handshake" in text or "certificate" in text
+
+
 def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
     """The taxonomy's error for a failed call; the one place that reads status codes."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE and _tls_refused(details):
+        # TLS 1.3 reports a rejected client certificate only as the server closing the
+        # connection right after the handshake; gRPC passes that on as UNAVAILABLE.
+        return Unauthenticated(
+            f"kubeca service at {address} closed the TLS connection: its operator port "
+            "needs a client certificate from the service CA (cert_file, key_file), and a "
+            f"node without one uses the bootstrap port with a token ({details})"
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(f"kubeca service at {address} is unavailable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -24,10 +24,12 @@ from kubeca_client.keys import private_key_pem as encode_key
 from kubeca_client.layout import (
     CONTROL_PLANE_KUBECONFIGS,
     CONTROL_PLANE_LEAVES,
+    SUPER_ADMIN,
     WORKER_KUBELET_CONF,
     WORKER_SERVING,
 )
 from kubeca_client.slots import (
+    SUPER_ADMIN_NOTE,
     Pending,
     Report,
     Slot,
@@ -202,9 +204,10 @@ def ensure_layout(
             report.unchanged.append(slot.name)
             continue
         if not enabled.get(slot.profile, False):
-            report.skipped.append(
-                (slot.name, f"the server does not grant the {slot.profile} profile")
-            )
+            why = f"the server does not grant the {slot.profile} profile (to this caller)"
+            if slot.kubeconfig is SUPER_ADMIN:
+                why += f"; {SUPER_ADMIN_NOTE}"
+            report.skipped.append((slot.name, why))
             continue
         key = generate_private_key(key_algorithm)
         pending.append(Pending(slot, build_csr(key), encode_key(key), new_key=True))

@@ -39,10 +39,21 @@ from kubeca_client.layout import (
 )
 
 KEY_DIR_MODE = 0o700
+SUPER_ADMIN_NOTE = (
+    "kubeadm 1.29+ expects super-admin.conf in External CA mode; an operator whose grant "
+    "names super-admin, on a server that enables it, can add it later with the same command"
+)
 
 
 class LayoutError(KubecaError):
-    """Some certificates could not be obtained; nothing was written."""
+    """Some certificates could not be obtained; nothing was written. The exit code is
+    the first failure's, so a refusal exits as it would from `kubeca issue`."""
+
+    def __init__(self, message: str, first: KubecaError | None = None) -> None:
+        super().__init__(message)
+        if first is not None:
+            self.status = first.status
+            self.exit_code = first.exit_code
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,7 @@ def issue_all(
     """Issue everything or raise LayoutError naming each certificate not obtained."""
     results: list[tuple[Pending, IssuedCertificate]] = []
     failures: list[str] = []
+    first: KubecaError | None = None
     for item in pending:
         try:
             issued = client.issue_certificate(
@@ -234,11 +246,13 @@ def issue_all(
             )
         except PermissionDenied as exc:
             if item.slot.kubeconfig is SUPER_ADMIN:
-                report.skipped.append((item.slot.name, f"the server refused it: {exc.message}"))
+                report.skipped.append((item.slot.name, f"{exc.message}; {SUPER_ADMIN_NOTE}"))
                 continue
             failures.append(f"{item.slot.name}: {exc.message}")
+            first = first or exc
         except KubecaError as exc:
             failures.append(f"{item.slot.name}: {exc.message}")
+            first = first or exc
             if exc.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                 break  # the rest would wait out the same deadline, one by one
         else:
@@ -250,7 +264,8 @@ def issue_all(
         raise LayoutError(
             "nothing was written; not obtained: "
             + "; ".join(failures)
-            + (f" (missing: {', '.join(missing)})" if missing else "")
+            + (f" (missing: {', '.join(missing)})" if missing else ""),
+            first,
         )
     return results
 
