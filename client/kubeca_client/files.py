@@ -11,11 +11,13 @@ PRIVATE = 0o600
 PUBLIC = 0o644
 
 
-def atomic_write(path: Path, data: bytes, mode: int = PUBLIC) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = PUBLIC, *, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and a rename.
 
     The temp file is created with ``mode`` from the start, so a private key is never
-    readable by others, not even for an instant.
+    readable by others, not even for an instant. With ``exclusive``, an existing
+    ``path`` is never replaced (FileExistsError): the file is put in place by link(),
+    which fails if the name exists, even if it appeared a moment ago.
     """
     directory = path.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -25,7 +27,11 @@ def atomic_write(path: Path, data: bytes, mode: int = PUBLIC) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        if exclusive:
+            os.link(tmp_name, path)
+            os.unlink(tmp_name)
+        else:
+            os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from kubeca_client.client import Client
@@ -57,18 +58,26 @@ def _derive_node(
     etcd = found.get("etcd-server")
     kubelet = found.get("kubelet.conf")
     if not node and etcd is not None:
-        node = str(etcd.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+        node = _common_name(etcd)
     if not node and kubelet is not None:
-        cn = str(kubelet.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
-        node = cn.removeprefix("system:node:")
+        node = _common_name(kubelet).removeprefix("system:node:")
     if not address and etcd is not None:
         loopback = {"127.0.0.1", "::1"}
-        ips = etcd.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        address = next(
-            (str(ip) for ip in ips.get_values_for_type(x509.IPAddress) if str(ip) not in loopback),
-            "",
-        )
+        address = next((ip for ip in _csr_ips(etcd) if ip not in loopback), "")
     return NodeInputs(node, address, given.service_cidr, given.dns_domain)
+
+
+def _common_name(csr: x509.CertificateSigningRequest) -> str:
+    names = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def _csr_ips(csr: x509.CertificateSigningRequest) -> list[str]:
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,9 @@ def _check(slot: Slot, csr_path: Path, key_pem: bytes) -> Found:
     try:
         csr = x509.load_pem_x509_csr(csr_path.read_bytes())
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except ValueError as exc:
-        raise InvalidArgument(f"{csr_path}: cannot be read ({exc})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # TypeError: an encrypted key; kubeadm writes them unencrypted.
+        raise InvalidArgument(f"{csr_path}: it or its key cannot be read ({exc})") from None
     if not isinstance(key, PrivateKey):
         raise InvalidArgument(f"{csr_path}: the key beside it is neither RSA nor ECDSA")
     if public_der(key) != public_der(csr):

@@ -43,10 +43,20 @@ def parse_dns_name(value: str, what: str) -> str:
 
 
 def parse_ip(value: str, what: str) -> IPAddress:
+    """A unicast address a certificate can meaningfully name."""
     try:
-        return ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise InvalidArgument(f"{what}: {_show(value)} is not an IP address") from None
+    _check_address(address, value, what)
+    return address
+
+
+def _check_address(address: IPAddress, text: str, what: str) -> None:
+    if address.is_unspecified or address.is_multicast:
+        raise InvalidArgument(f"{what}: {text} is not an address a host can be reached at")
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise InvalidArgument(f"{what}: {text} has a zone, which a certificate cannot name")
 
 
 def parse_cidr(value: str, what: str) -> IPNetwork:
@@ -87,9 +97,12 @@ class SubjectAltNames:
 def parse_san(value: str, what: str) -> SubjectAltNames:
     """One extra SAN: an IP, a DNS-1123 subdomain, or a wildcard ``*.`` + subdomain."""
     try:
-        return SubjectAltNames(ips=(ipaddress.ip_address(value),))
+        address = ipaddress.ip_address(value)
     except ValueError:
         pass
+    else:
+        _check_address(address, value, what)
+        return SubjectAltNames(ips=(address,))
     name = value.removeprefix("*.")
     if is_dns1123_subdomain(name):
         return SubjectAltNames(dns=(value,))
@@ -125,6 +138,8 @@ def parse_endpoint_host(value: str, what: str) -> SubjectAltNames:
     if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise InvalidArgument(f"{what}: {_show(value)} has an invalid port")
     try:
-        return SubjectAltNames(ips=(ipaddress.ip_address(host),))
+        address = ipaddress.ip_address(host)
     except ValueError:
         return SubjectAltNames(dns=(parse_dns_name(host, what),))
+    _check_address(address, host, what)
+    return SubjectAltNames(ips=(address,))

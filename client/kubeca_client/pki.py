@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -162,9 +163,12 @@ def _service_account_writes(root: Path) -> list[Write]:
     key_path, pub_path = root / "pki" / "sa.key", root / "pki" / "sa.pub"
     writes: list[Write] = []
     if key_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            key = None
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise InvalidArgument(f"{key_path} is not an RSA private key")
+            raise InvalidArgument(f"{key_path} is not an unencrypted RSA private key")
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         writes.append(Write(key_path, encode_key(key), PRIVATE))

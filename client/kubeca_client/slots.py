@@ -193,8 +193,16 @@ def read_manifest(root: Path) -> dict[str, dict[str, Any]]:
         entries = data["certificates"]
         if not isinstance(entries, dict):
             raise TypeError("certificates is not an object")
+        for name, entry in entries.items():
+            parameters = entry.get("parameters") if isinstance(entry, dict) else None
+            if not isinstance(parameters, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in parameters.items()
+            ):
+                raise TypeError(f"the entry for {name} is not a profile and its parameters")
+            if not isinstance(entry.get("lifetime_seconds", 0), int):
+                raise TypeError(f"the entry for {name} has a lifetime that is not a number")
         return entries
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidArgument(f"{path} is damaged ({exc}); remove it and re-run") from None
 
 

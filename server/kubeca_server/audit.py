@@ -8,6 +8,7 @@ certificate.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -15,16 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kubeca_client.errors import Unavailable
+from kubeca_client.errors import ConfigError, Unavailable
 
 
 class DurableSink:
     """A structlog logger that appends each rendered line durably."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"audit_log: cannot open {path} ({exc.strerror})") from None
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._lock = threading.Lock()
 
     def msg(self, message: str) -> None:
@@ -32,11 +36,19 @@ class DurableSink:
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
-                os.fsync(self._fd)
+                end = os.lseek(self._fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        written = os.write(self._fd, view)
+                        view = view[written:]
+                    os.fsync(self._fd)
+                except OSError:
+                    # Cut off a partial line (disk full mid-write), so the next record
+                    # starts a line of its own and the log stays valid JSON lines.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, end)
+                    raise
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 

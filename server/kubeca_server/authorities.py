@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubeca_client.errors import ConfigError
 from kubeca_client.files import atomic_write
+from kubeca_client.keys import algorithm_of
 
 from kubeca_server.config import AuthorityConfig, ServerConfig
 from kubeca_server.keys import CAPrivateKey, KeyBackend, signature_hash
@@ -84,6 +85,16 @@ def _create_certificate(
     return certificate
 
 
+def _check_is_ca(name: str, certificate: x509.Certificate) -> None:
+    try:
+        basic = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        basic, usage = None, None
+    if basic is None or usage is None or not basic.ca or not usage.key_cert_sign:
+        raise ConfigError(f"{name}: the certificate in the state directory is not a CA")
+
+
 def init_authorities(config: ServerConfig, backend: KeyBackend, linter: Linter) -> list[str]:
     """Create what is missing; return one line per CA saying what was done."""
     report: list[str] = []
@@ -112,7 +123,14 @@ def init_authorities(config: ServerConfig, backend: KeyBackend, linter: Linter) 
                 f"key {authority.key_label!r}"
             )
         else:
-            report.append(f"{authority.name}: already initialized, nothing changed")
+            line = f"{authority.name}: already initialized, nothing changed"
+            kept = algorithm_of(key)
+            if kept is not authority.key_algorithm:
+                line += (
+                    f" (its key is {kept.value}, the config asks {authority.key_algorithm.value}; "
+                    "init never replaces a key)"
+                )
+            report.append(line)
     return report
 
 
@@ -136,5 +154,6 @@ def load_authorities(config: ServerConfig, backend: KeyBackend) -> dict[str, Cer
             )
         if certificate.not_valid_after_utc <= now:
             raise ConfigError(f"{authority.name}: the CA certificate expired")
+        _check_is_ca(authority.name, certificate)
         loaded[authority.name] = CertificateAuthority(authority.name, certificate, key)
     return loaded

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import structlog
 from kubeca_client.errors import KubecaError
 
 from kubeca_server.config import load_config
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug: one line for the operator, the traceback in the (structured) log.
+        structlog.get_logger("kubeca.cli").exception("cli.failed")
+        print(f"kubeca-server: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

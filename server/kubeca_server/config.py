@@ -44,6 +44,8 @@ class HsmConfig:
                 raise ConfigError(
                     f"hsm.pin_file: cannot read {self.pin_file}: {exc.strerror}"
                 ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"hsm.pin_file: {self.pin_file} is not UTF-8 text") from None
             if not pin:
                 raise ConfigError(f"hsm.pin_file: {self.pin_file} is empty")
             return pin
@@ -184,7 +186,7 @@ def load_config(path: Path) -> ServerConfig:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     return parse_config(raw, path)
 

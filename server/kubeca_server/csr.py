@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kubeca_client.errors import InvalidArgument
 from kubeca_client.names import SubjectAltNames
@@ -36,12 +37,18 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise InvalidArgument("csr is not a PKCS#10 certificate request in PEM or DER") from None
     try:
         valid = csr.is_signature_valid
-    except (ValueError, x509.UnsupportedGeneralNameType, TypeError):
+    except (ValueError, x509.UnsupportedGeneralNameType, TypeError, UnsupportedAlgorithm):
         valid = False
     if not valid:
         raise InvalidArgument(
             "csr signature does not verify: it must be signed by the key it carries"
         )
+    try:
+        # Decoded now, so a subject that is not valid UTF-8 (or otherwise broken) is
+        # refused here instead of surfacing later as an internal error.
+        csr.subject.rfc4514_string()
+    except ValueError as exc:
+        raise InvalidArgument(f"csr subject cannot be decoded ({exc})") from None
     return csr
 
 
@@ -49,7 +56,7 @@ def leaf_public_key(csr: x509.CertificateSigningRequest) -> LeafPublicKey:
     """The CSR's key, if it meets the leaf key policy: RSA 2048-8192 or P-256/P-384."""
     try:
         key = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as exc:
         raise InvalidArgument(f"csr public key cannot be read: {exc}") from None
     if isinstance(key, rsa.RSAPublicKey):
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:

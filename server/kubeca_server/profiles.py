@@ -38,6 +38,7 @@ BACKDATE = timedelta(minutes=5)
 # The CSR API's floor; anything shorter cannot be renewed before it expires.
 MIN_LIFETIME = timedelta(minutes=10)
 MAX_PARAMETER_LENGTH = 4096
+MAX_COMMON_NAME = 64  # RFC 5280's ub-common-name
 
 LeafPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
@@ -111,7 +112,15 @@ def _etcd_sans(i: Inputs) -> SubjectAltNames:
 
 def _kubelet_serving_sans(i: Inputs) -> SubjectAltNames:
     ips: list[IPAddress] = [i.advertise_address] if i.advertise_address else []
-    return SubjectAltNames.of([i.require_node_name()], ips) | i.extra_sans
+    sans = SubjectAltNames.of([i.require_node_name()], ips) | i.extra_sans
+    # Every pod and kubelet trusts kubernetes-ca: a node's serving certificate must not
+    # also be valid for the API server's names or its service address.
+    for name in sans.dns:
+        if name == "kubernetes" or name.startswith("kubernetes."):
+            raise InvalidArgument(f"kubelet-serving may not name the API server ({name!r})")
+    if DEFAULT_SERVICE_CIDR.network_address + 1 in sans.ips:
+        raise InvalidArgument("kubelet-serving may not name the API server's service address")
+    return sans
 
 
 def _no_sans(i: Inputs) -> SubjectAltNames:
@@ -140,6 +149,11 @@ class Profile:
 
     def subject(self, inputs: Inputs) -> x509.Name:
         common_name = self.common_name.format(node_name=inputs.node_name)
+        if len(common_name) > MAX_COMMON_NAME:
+            raise InvalidArgument(
+                f"the common name {common_name[:40]!r}... would be {len(common_name)} "
+                f"characters; X.509 allows {MAX_COMMON_NAME} (use a shorter node_name)"
+            )
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in self.organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         return x509.Name(attributes)

@@ -54,6 +54,8 @@ RPC_THREADS = 16
 MAX_CONCURRENT_RPCS = 256
 GRACE_SECONDS = 5.0
 RESTART_BACKOFF_SECONDS = 1.0
+CRASH_WINDOW_SECONDS = 60.0
+MAX_CRASHES_IN_WINDOW = 5
 
 
 def open_backend(config: ServerConfig) -> Pkcs11Backend:
@@ -248,6 +250,8 @@ def _supervise(config: ServerConfig, count: int) -> None:
         return process
 
     processes = [spawn(i) for i in range(count)]
+    failed = False
+    deaths: list[float] = []
     log.info("server.supervising", workers=count, listen=config.listen)
     while not stopping.wait(0.5):
         for index, process in enumerate(processes):
@@ -257,7 +261,16 @@ def _supervise(config: ServerConfig, count: int) -> None:
                 log.error("server.worker_config_error", worker=index)
                 stopping.set()
                 break
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < CRASH_WINDOW_SECONDS] + [now]
             log.error("server.worker_died", worker=index, exitcode=process.exitcode)
+            if len(deaths) > MAX_CRASHES_IN_WINDOW:
+                # Something is wrong that restarting will not fix; let the service
+                # manager see the failure instead of spinning.
+                log.error("server.giving_up", deaths=len(deaths), window=CRASH_WINDOW_SECONDS)
+                stopping.set()
+                failed = True
+                break
             time.sleep(RESTART_BACKOFF_SECONDS)
             processes[index] = spawn(index)
     for process in processes:
@@ -268,3 +281,5 @@ def _supervise(config: ServerConfig, count: int) -> None:
         if process.is_alive():
             process.kill()
     log.info("server.stopped")
+    if failed:
+        raise ConfigError("worker processes kept dying at start; see the log above")

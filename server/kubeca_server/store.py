@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from kubeca_client.errors import Unavailable
+from kubeca_client.errors import ConfigError, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bootstrap_tokens (
@@ -85,20 +85,23 @@ def _dt(seconds: float) -> datetime:
 
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), so
-        # a check and the write that depends on it happen under one write lock.
-        self._db = sqlite3.connect(
-            path, timeout=10.0, isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
-        path.chmod(0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below),
+            # so a check and the write that depends on it happen under one write lock.
+            self._db = sqlite3.connect(
+                path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.executescript(SCHEMA)
+            path.chmod(0o600)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"the state database {path} cannot be opened ({exc})") from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

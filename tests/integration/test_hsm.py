@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -205,7 +207,9 @@ def test_sixteen_clients_issue_500_certificates_across_two_workers(
     token, config = initialized
     server = RunningServer(config, token, workers=2).start()
     csrs = [build_csr(generate_private_key(KeyAlgorithm.ECDSA_P256)) for _ in range(500)]
-    clients = [server.client() for _ in range(16)]
+    # Each client keeps a connection of its own: SO_REUSEPORT spreads connections, not
+    # requests, and clients sharing one connection would all reach one worker.
+    clients = [server.client(30, (("grpc.use_local_subchannel_pool", 1),)) for _ in range(16)]
     audit_before = _audit_lines(server.audit_log)
     try:
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -233,6 +237,7 @@ def test_sixteen_clients_issue_500_certificates_across_two_workers(
         if r["event"] == "certificate.issued"
     ]
     assert {r["serial"] for r in issued} == {format(c.serial_number, "x") for c in results}
+    assert len({r["worker"] for r in issued}) == 2, "both worker processes issued certificates"
 
 
 def _audit_lines(path: Path) -> list[dict[str, object]]:
@@ -316,3 +321,110 @@ def test_losing_the_token_makes_the_service_unavailable_until_it_returns(tmp_pat
                 tokens.rmdir()
             away.rename(tokens)
         server.stop()
+
+
+# --- failure modes, each in a process of its own: PKCS#11 login is per process ---------
+
+PROBE = """
+import json, sys
+import pkcs11
+from kubeca_client.errors import KubecaError
+from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
+module, label, pin, case = sys.argv[1:5]
+out = {}
+backend = Pkcs11Backend(module, label, pin)
+if case == "pin":
+    logins = []
+    connect = backend._connect
+    def counting_connect():
+        logins.append(1)
+        connect()
+    backend._connect = counting_connect
+    backend._pin = "not-the-pin"
+    backend._session.close()  # a lost session: the next call must log in again
+    errors = []
+    for _ in range(4):
+        try:
+            backend.find_key("kubeca/etcd-ca")
+        except KubecaError as exc:
+            errors.append([exc.status, exc.message])
+    out = {"logins": len(logins), "errors": errors}
+elif case == "duplicate":
+    from kubeca_client.keys import KeyAlgorithm
+    backend.create_key("dup", KeyAlgorithm.ECDSA_P256)
+    session = backend._session
+    from pkcs11 import KeyType, Attribute
+    from pkcs11.util.ec import encode_named_curve_parameters
+    params = session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+    params.generate_keypair(store=True, label="dup")  # a second key, as a careless tool might
+    try:
+        backend.find_key("dup")
+        out = {"error": None}
+    except KubecaError as exc:
+        out = {"error": [exc.status, exc.message]}
+    out["after"] = backend.find_key("kubeca/etcd-ca") is not None  # no search left open
+elif case == "private-only":
+    session = backend._session
+    from pkcs11 import Attribute, ObjectClass
+    for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                                    Attribute.LABEL: "kubeca/front-proxy-ca"}):
+        obj.destroy()
+    try:
+        backend.find_key("kubeca/front-proxy-ca")
+        out = {"error": None}
+    except KubecaError as exc:
+        out = {"error": [exc.status, exc.message]}
+print(json.dumps(out))
+"""
+
+
+def _probe(token: Token, case: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, SOFTHSM_MODULE, token.label, token.pin, case],
+        env=token.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def scratch_token(tmp_path: Path) -> Token:
+    """A token with CAs of its own, for tests that damage it."""
+    token = make_token(tmp_path / "hsm")
+    run_server_cli(write_server_config(tmp_path / "server", token), token, "init")
+    return token
+
+
+def test_a_refused_pin_is_tried_once_and_never_again(scratch_token: Token) -> None:
+    outcome = _probe(scratch_token, "pin")
+    assert outcome["logins"] == 1, "a refused PIN must not be retried: it can lock an HSM"
+    errors = outcome["errors"]
+    assert isinstance(errors, list) and len(errors) == 4
+    for status, message in errors:
+        assert status == "UNAVAILABLE"
+        assert "refused the PIN" in message and "will not try it again" in message
+
+
+def test_two_keys_under_one_label_are_a_clear_error_and_leave_no_search_open(
+    scratch_token: Token,
+) -> None:
+    outcome = _probe(scratch_token, "duplicate")
+    assert outcome["error"] is not None
+    status, message = outcome["error"]  # type: ignore[misc]
+    assert status == "FAILED_PRECONDITION"
+    assert "labelled 'dup'" in message and "remove the extra ones" in message
+    assert outcome["after"] is True
+
+
+def test_a_private_key_without_its_public_object_is_not_taken_for_missing(
+    scratch_token: Token,
+) -> None:
+    outcome = _probe(scratch_token, "private-only")
+    assert outcome["error"] is not None
+    status, message = outcome["error"]  # type: ignore[misc]
+    assert status == "FAILED_PRECONDITION"
+    assert "holds the private key 'kubeca/front-proxy-ca' but not its public key" in message

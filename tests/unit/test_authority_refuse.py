@@ -243,7 +243,13 @@ def test_escalation_attempt_is_audited_with_the_requested_subject(
         authority.issue(CALLER, REFUSALS["admin-asks-system-masters"].request())
     (record,) = read_audit(audit_path)
     assert "system:masters" in record["requested_subject"]
-    assert "system_masters" not in record or record["system_masters"] is False
+    # Refused, at warning level, and nothing in it claims a system:masters issuance.
+    assert (record["event"], record["outcome"], record["level"]) == (
+        "certificate.refused",
+        "refused",
+        "warning",
+    )
+    assert "serial" not in record and "system_masters" not in record
 
 
 def test_record_refusal_writes_one_request_refused_record(

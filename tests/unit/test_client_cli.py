@@ -19,7 +19,6 @@ from kubeca_client.errors import InvalidArgument
         ("600s", timedelta(seconds=600)),
         ("1h30m", timedelta(hours=1, minutes=30)),
         ("1d2h3m4s", timedelta(days=1, hours=2, minutes=3, seconds=4)),
-        ("0s", timedelta(0)),
     ],
 )
 def test_parse_duration(text: str, expected: timedelta) -> None:
@@ -30,6 +29,24 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(InvalidArgument, match="is not a duration like 90d"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["0s", "0d0h"])
+def test_parse_duration_refuses_zero(text: str) -> None:
+    # A zero lifetime would silently mean "the server's default" on the wire.
+    with pytest.raises(InvalidArgument, match="not a positive duration"):
+        parse_duration(text)
+
+
+def test_parse_duration_refuses_what_overflows() -> None:
+    with pytest.raises(InvalidArgument, match="longer than any certificate may live"):
+        parse_duration("1000000000d")
+
+
+def test_parse_params_refuses_bytes_that_are_not_utf8() -> None:
+    # How Python hands over argv bytes that are not UTF-8: as lone surrogates.
+    with pytest.raises(InvalidArgument, match="not printable UTF-8"):
+        parse_params(["node_name=\udcff"])
 
 
 def test_parse_params() -> None:

@@ -44,3 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug, not a user's mistake: still one line, never a traceback.
+        print(f"kubeca: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -28,9 +28,23 @@ def parse_duration(text: str) -> timedelta:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise InvalidArgument(f"{text!r} is not a duration like 90d, 12h, 30m or 600s")
     total = timedelta()
-    for number, unit in parts:
-        total += timedelta(**{_UNITS[unit]: int(number)})
+    try:
+        for number, unit in parts:
+            total += timedelta(**{_UNITS[unit]: int(number)})
+    except OverflowError:
+        raise InvalidArgument(f"{text!r} is longer than any certificate may live") from None
+    if total <= timedelta(0):
+        raise InvalidArgument(f"{text!r} is not a positive duration")
     return total
+
+
+def _not_utf8(text: str) -> bool:
+    # argv bytes that are not UTF-8 arrive as lone surrogates, which gRPC cannot send.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:
@@ -41,6 +55,8 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
             raise InvalidArgument(f"--param {item!r} must be NAME=VALUE")
         if name in params:
             raise InvalidArgument(f"--param {name} is given twice")
+        if not (name + value).isprintable() or _not_utf8(name + value):
+            raise InvalidArgument(f"--param {name!r}: the value is not printable UTF-8 text")
         params[name] = value
     return params
 

@@ -54,7 +54,13 @@ def cmd_issue(args: argparse.Namespace) -> int:
     # The key is written before the certificate, so a certificate never exists
     # on disk without its key.
     if key is not None:
-        atomic_write(args.key_out, private_key_pem(key), PRIVATE)
+        try:
+            atomic_write(args.key_out, private_key_pem(key), PRIVATE, exclusive=True)
+        except FileExistsError:
+            raise InvalidArgument(
+                f"--key-out: {args.key_out} appeared while the certificate was issued; "
+                "kubeca never overwrites a private key, so neither file was written"
+            ) from None
     atomic_write(args.cert_out, issued.certificate_pem.encode(), PUBLIC)
     if args.ca_out:
         atomic_write(args.ca_out, issued.ca_certificate_pem.encode(), PUBLIC)

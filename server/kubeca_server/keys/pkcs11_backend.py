@@ -1,13 +1,16 @@
 """CA keys in a PKCS#11 token (SoftHSM2 in development, a vendor module in production).
 
-Every PKCS#11 call in the process goes through one lock: python-pkcs11 initializes
-the module with C_Initialize(NULL), which tells SoftHSM it will not be called from
-several threads, and two concurrent calls then crash it (hsm-notes.md §1). The
-service scales with worker processes instead.
+Every PKCS#11 call in the process goes through one lock per module: python-pkcs11
+initializes the module with C_Initialize(NULL), which tells SoftHSM it will not be
+called from several threads, and two concurrent calls then crash it (hsm-notes.md §1).
+The lock is per module path, not per backend, because the module is loaded once per
+process: two backends share its sessions, its re-initialization and its logout. No
+python-pkcs11 object leaves the lock; callers get bytes and cryptography objects.
 
 Login is per process, so the backend logs in once and keeps that session. A lost
 session or device error is recovered once: re-initialize the module, log in again,
-look the key up again, retry. A wrong PIN is never retried: it can lock a real HSM.
+look the key up again, retry. A refused PIN is never tried again: a real HSM locks the
+PIN after a few failures, and only a restart (after fixing the PIN) tries once more.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ RECOVERABLE: tuple[type[Exception], ...] = (
     pkcs11.exceptions.SessionHandleInvalid,
     pkcs11.exceptions.SessionClosed,
     pkcs11.exceptions.ObjectHandleInvalid,
+    pkcs11.exceptions.KeyHandleInvalid,
     pkcs11.exceptions.UserNotLoggedIn,
     pkcs11.exceptions.DeviceError,
     pkcs11.exceptions.DeviceRemoved,
@@ -52,14 +56,14 @@ RECOVERABLE: tuple[type[Exception], ...] = (
     pkcs11.exceptions.TokenNotPresent,
     pkcs11.exceptions.TokenNotRecognised,
     pkcs11.exceptions.GeneralError,
+    pkcs11.exceptions.FunctionFailed,
     pkcs11.exceptions.NoSuchToken,
+    pkcs11.exceptions.OperationActive,
     # A key that vanished with its token; after recovery it means "unavailable".
     pkcs11.exceptions.NoSuchKey,
-    pkcs11.exceptions.KeyHandleInvalid,
-    pkcs11.exceptions.FunctionFailed,
 )
 # Errors that retrying makes worse.
-NEVER_RETRY: tuple[type[Exception], ...] = (
+PIN_REFUSED: tuple[type[Exception], ...] = (
     pkcs11.exceptions.PinIncorrect,
     pkcs11.exceptions.PinLocked,
     pkcs11.exceptions.PinExpired,
@@ -72,7 +76,14 @@ _RSA_MECHANISMS = {
     "sha384": Mechanism.SHA384_RSA_PKCS,
     "sha512": Mechanism.SHA512_RSA_PKCS,
 }
-_CURVE_OIDS = {"secp256r1": "secp256r1", "secp384r1": "secp384r1"}
+
+_module_locks: dict[str, threading.Lock] = {}
+_module_locks_guard = threading.Lock()
+
+
+def _module_lock(module: str) -> threading.Lock:
+    with _module_locks_guard:
+        return _module_locks.setdefault(module, threading.Lock())
 
 
 def key_id(label: str) -> bytes:
@@ -80,22 +91,46 @@ def key_id(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()[:16]
 
 
+def _objects(session: Any, object_class: ObjectClass, label: str) -> list[Any]:
+    # Consumed in full, so the search is finalized here, under the lock, and never
+    # left open by an exception to collide with the next one (OperationActive).
+    return list(session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label}))
+
+
+def _one(session: Any, object_class: ObjectClass, label: str) -> Any | None:
+    found = _objects(session, object_class, label)
+    if len(found) > 1:
+        raise ConfigError(
+            f"the token holds {len(found)} {object_class.name.lower()} objects labelled "
+            f"{label!r}; kubeca cannot tell which is the CA key (remove the extra ones)"
+        )
+    return found[0] if found else None
+
+
+def _public_der(public: Any) -> tuple[KeyType, bytes]:
+    key_type = public[Attribute.KEY_TYPE]
+    if key_type == KeyType.EC:
+        return key_type, bytes(encode_ec_public_key(public))
+    if key_type == KeyType.RSA:
+        return key_type, bytes(encode_rsa_public_key(public))
+    raise ConfigError(f"unsupported key type {key_type!r} in the token")
+
+
 class Pkcs11Backend:
     def __init__(self, module: str, token_label: str, pin: str) -> None:
         self._module = module
         self._token_label = token_label
         self._pin = pin
-        self._lock = threading.Lock()
+        self._lock = _module_lock(module)
         self._lib: Any = None
         self._session: Any = None
         self._handles: dict[str, Any] = {}
+        self._pin_refused: str | None = None
         with self._lock:
             try:
                 self._connect()
-            except NEVER_RETRY as exc:
-                raise ConfigError(
-                    f"the HSM refused the PIN for token {token_label!r} ({type(exc).__name__})"
-                ) from None
+            except PIN_REFUSED as exc:
+                raise ConfigError(self._refuse_pin(exc)) from None
             except pkcs11.exceptions.PKCS11Error as exc:
                 raise Unavailable(self._describe(exc)) from None
 
@@ -105,6 +140,14 @@ class Pkcs11Backend:
         name = type(exc).__name__
         detail = str(exc)
         return f"the HSM is unavailable ({name}{': ' + detail if detail else ''})"
+
+    def _refuse_pin(self, exc: BaseException) -> str:
+        self._pin_refused = (
+            f"the HSM refused the PIN for token {self._token_label!r} ({type(exc).__name__}); "
+            "kubeca will not try it again until restarted, as a real HSM locks the PIN "
+            "after a few failures"
+        )
+        return self._pin_refused
 
     # --- connection management; the lock is held by the caller -------------------
 
@@ -133,21 +176,27 @@ class Pkcs11Backend:
             self._lib.reinitialize()
         self._connect()
 
-    def _run(self, operation: Callable[[Any], T]) -> T:
+    def _run(self, operation: Callable[[Any], T], *, retry: bool = True) -> T:
+        """Run ``operation(session)`` under the lock, recovering a lost session once.
+        Every PKCS#11 failure leaves as the error taxonomy, never as a raw exception."""
         with self._lock:
+            if self._pin_refused is not None:
+                raise Unavailable(self._pin_refused)
             try:
                 if self._session is None:
                     self._reconnect()
                 return operation(self._session)
-            except NEVER_RETRY as exc:
-                raise ConfigError(f"the HSM refused the PIN ({type(exc).__name__})") from None
+            except PIN_REFUSED as exc:
+                raise Unavailable(self._refuse_pin(exc)) from None
             except RECOVERABLE as first:
+                if not retry:
+                    raise Unavailable(self._describe(first)) from None
                 log.warning("hsm.recovering", error=type(first).__name__)
                 try:
                     self._reconnect()
                     result = operation(self._session)
-                except NEVER_RETRY as exc:
-                    raise ConfigError(f"the HSM refused the PIN ({type(exc).__name__})") from None
+                except PIN_REFUSED as exc:
+                    raise Unavailable(self._refuse_pin(exc)) from None
                 except pkcs11.exceptions.PKCS11Error as second:
                     self._session = None
                     self._handles.clear()
@@ -155,20 +204,35 @@ class Pkcs11Backend:
                     raise Unavailable(self._describe(second)) from None
                 log.info("hsm.recovered")
                 return result
+            except pkcs11.exceptions.PKCS11Error as exc:
+                raise Unavailable(self._describe(exc)) from None
 
     # --- KeyBackend ------------------------------------------------------------------
 
     def find_key(self, label: str) -> CAPrivateKey | None:
-        def lookup(session: Any) -> Any:
-            try:
-                return session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
-            except pkcs11.exceptions.NoSuchKey:
-                return None
+        """The key labelled ``label``; the private key is the one that matters."""
 
-        public = self._run(lookup)
-        if public is None:
-            return None
-        return self._wrap(label, public)
+        def lookup(session: Any) -> tuple[KeyType, bytes] | None:
+            private = _one(session, ObjectClass.PRIVATE_KEY, label)
+            public = _one(session, ObjectClass.PUBLIC_KEY, label)
+            if private is None and public is None:
+                return None
+            if private is None:
+                raise ConfigError(
+                    f"the token holds a public key labelled {label!r} but not its private "
+                    "key; restore the token from its backup (kubeca never makes a new key "
+                    "under an existing label)"
+                )
+            if public is None:
+                raise ConfigError(
+                    f"the token holds the private key {label!r} but not its public key "
+                    "object; re-create the public object from the CA certificate with "
+                    "pkcs11-tool, or restore the token"
+                )
+            return _public_der(public)
+
+        found = self._run(lookup)
+        return None if found is None else self._wrap(label, *found)
 
     def create_key(self, label: str, algorithm: KeyAlgorithm) -> CAPrivateKey:
         private_template = {
@@ -196,12 +260,10 @@ class Pkcs11Backend:
             "private_template": private_template,
         }
 
-        def generate(session: Any) -> Any:
+        def generate(session: Any) -> tuple[KeyType, bytes]:
             for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-                if list(
-                    session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label})
-                ):
-                    raise ValueError(f"the token already holds a key labelled {label!r}")
+                if _objects(session, object_class, label):
+                    raise ConfigError(f"the token already holds a key labelled {label!r}")
             if algorithm.is_rsa:
                 public, _ = session.generate_keypair(KeyType.RSA, algorithm.rsa_bits, **common)
             else:
@@ -211,28 +273,12 @@ class Pkcs11Backend:
                     local=True,
                 )
                 public, _ = params.generate_keypair(**common)
-            return public
+            return _public_der(public)
 
-        public = self._run(generate)
+        # Never retried: a first attempt may have stored the key before failing.
+        key_type, der = self._run(generate, retry=False)
         log.info("hsm.key_generated", label=label, algorithm=algorithm.value)
-        return self._wrap(label, public)
-
-    def key_attributes(self, label: str) -> dict[str, bool]:
-        """The private key's protection attributes as the token reports them."""
-        names = {
-            "sensitive": Attribute.SENSITIVE,
-            "always_sensitive": Attribute.ALWAYS_SENSITIVE,
-            "extractable": Attribute.EXTRACTABLE,
-            "never_extractable": Attribute.NEVER_EXTRACTABLE,
-            "sign": Attribute.SIGN,
-            "decrypt": Attribute.DECRYPT,
-        }
-
-        def read(session: Any) -> dict[str, bool]:
-            key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
-            return {name: bool(key[attr]) for name, attr in names.items()}
-
-        return self._run(read)
+        return self._wrap(label, key_type, der)
 
     def probe(self) -> None:
         def ping(session: Any) -> None:
@@ -255,16 +301,15 @@ class Pkcs11Backend:
     def _private_handle(self, session: Any, label: str) -> Any:
         handle = self._handles.get(label)
         if handle is None:
-            handle = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            handle = _one(session, ObjectClass.PRIVATE_KEY, label)
+            if handle is None:
+                raise pkcs11.exceptions.NoSuchKey(label)
             self._handles[label] = handle
         return handle
 
-    def _wrap(self, label: str, public_object: Any) -> CAPrivateKey:
-        key_type = public_object[Attribute.KEY_TYPE]
-        if key_type == KeyType.EC:
-            public = load_der_public_key(encode_ec_public_key(public_object))
-            if not isinstance(public, ec.EllipticCurvePublicKey):
-                raise TypeError(f"key {label!r} is not an EC key")
+    def _wrap(self, label: str, key_type: KeyType, public_der: bytes) -> CAPrivateKey:
+        public = load_der_public_key(public_der)
+        if key_type == KeyType.EC and isinstance(public, ec.EllipticCurvePublicKey):
 
             def sign_ec(data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
                 # SoftHSM 2.6 has CKM_ECDSA only: hash here, sign the digest there.
@@ -272,25 +317,20 @@ class Pkcs11Backend:
                 digest.update(data)
                 prehashed = digest.finalize()
                 raw = self._run(
-                    lambda s: self._private_handle(s, label).sign(
-                        prehashed, mechanism=Mechanism.ECDSA
+                    lambda s: bytes(
+                        self._private_handle(s, label).sign(prehashed, mechanism=Mechanism.ECDSA)
                     )
                 )
                 return bytes(encode_ecdsa_signature(raw))
 
             return HsmEcPrivateKey(label, public, sign_ec)
-        if key_type == KeyType.RSA:
-            public = load_der_public_key(encode_rsa_public_key(public_object))
-            if not isinstance(public, rsa.RSAPublicKey):
-                raise TypeError(f"key {label!r} is not an RSA key")
+        if key_type == KeyType.RSA and isinstance(public, rsa.RSAPublicKey):
 
             def sign_rsa(data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
                 mechanism = _RSA_MECHANISMS[algorithm.name]
-                return bytes(
-                    self._run(
-                        lambda s: self._private_handle(s, label).sign(data, mechanism=mechanism)
-                    )
+                return self._run(
+                    lambda s: bytes(self._private_handle(s, label).sign(data, mechanism=mechanism))
                 )
 
             return HsmRsaPrivateKey(label, public, sign_rsa)
-        raise TypeError(f"key {label!r} has unsupported type {key_type!r}")
+        raise ConfigError(f"key {label!r} is of an unsupported type")
