@@ -41,6 +41,7 @@ class IssuedCertificate:
     not_after: datetime
     fingerprint_sha256: str
     authority: str
+    reused: bool = False
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -53,6 +54,37 @@ class CACertificate:
     certificate_pem: str
     ca_cert_hash: str
     not_after: datetime
+
+
+@dataclass(frozen=True)
+class RevokedCertificate:
+    revoked_at: datetime
+    authority: str
+    crl_number: int
+
+
+@dataclass(frozen=True)
+class CRL:
+    der: bytes
+    number: int
+    this_update: datetime
+    next_update: datetime
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    authority: str
+    profile: str
+    subject: str
+    sans: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    caller: str
+    revoked: bool
+    revoked_at: datetime | None
+    revocation_reason: str
+    fingerprint_sha256: str
 
 
 @dataclass(frozen=True)
@@ -224,12 +256,16 @@ class Client:
         csr: bytes,
         parameters: Mapping[str, str] | None = None,
         lifetime_seconds: int = 0,
+        force_new: bool = False,
     ) -> IssuedCertificate:
+        """The certificate for ``csr``. An identical earlier request's certificate comes
+        back (``reused``) while it is outside its renewal window, unless ``force_new``."""
         request = pb.IssueCertificateRequest(
             profile=profile,
             csr=csr,
             parameters=dict(parameters or {}),
             lifetime_seconds=lifetime_seconds,
+            force_new=force_new,
         )
         with self._call():
             r = self._stub.IssueCertificate(request, timeout=self.timeout, metadata=self._metadata)
@@ -241,6 +277,7 @@ class Client:
             not_after=_utc(r.not_after),
             fingerprint_sha256=r.fingerprint_sha256,
             authority=r.authority,
+            reused=r.reused,
         )
         _check_issued(csr, issued)
         return issued
@@ -325,3 +362,57 @@ class Client:
             self._stub.RevokeBootstrapToken(
                 pb.RevokeBootstrapTokenRequest(token_id=token_id), timeout=self.timeout
             )
+
+    # --- the inventory, revocation and CRLs ------------------------------------------
+
+    def revoke_certificate(self, serial: str, reason: str = "unspecified") -> RevokedCertificate:
+        with self._call():
+            r = self._stub.RevokeCertificate(
+                pb.RevokeCertificateRequest(serial=serial, reason=reason), timeout=self.timeout
+            )
+        return RevokedCertificate(_utc(r.revoked_at), r.authority, r.crl_number)
+
+    def crl(self, authority: str) -> CRL:
+        with self._call():
+            r = self._stub.GetCRL(
+                pb.GetCRLRequest(authority=authority), timeout=self.timeout, metadata=self._metadata
+            )
+        crl = CRL(r.crl_der, r.crl_number, _utc(r.this_update), _utc(r.next_update))
+        try:
+            x509.load_der_x509_crl(crl.der)
+        except ValueError as exc:
+            raise InternalError(f"the service returned an unreadable CRL ({exc})") from None
+        return crl
+
+    def certificates(
+        self,
+        authority: str = "",
+        profile: str = "",
+        expiring_within_seconds: int = 0,
+        revoked_only: bool = False,
+    ) -> list[CertificateRecord]:
+        request = pb.ListCertificatesRequest(
+            authority=authority,
+            profile=profile,
+            expiring_within_seconds=expiring_within_seconds,
+            revoked_only=revoked_only,
+        )
+        with self._call():
+            r = self._stub.ListCertificates(request, timeout=self.timeout)
+        return [
+            CertificateRecord(
+                serial=c.serial,
+                authority=c.authority,
+                profile=c.profile,
+                subject=c.subject,
+                sans=tuple(c.sans),
+                not_before=_utc(c.not_before),
+                not_after=_utc(c.not_after),
+                caller=c.caller,
+                revoked=c.revoked,
+                revoked_at=_utc(c.revoked_at) if c.revoked else None,
+                revocation_reason=c.revocation_reason,
+                fingerprint_sha256=c.fingerprint_sha256,
+            )
+            for c in r.certificates
+        ]

@@ -1,9 +1,11 @@
-"""The audit log: one JSON line per decision, on disk before the answer leaves.
+"""The audit log: one record per decision, durable before the answer leaves.
 
-Records are rendered by structlog and written by a sink that appends under an
-exclusive file lock (several worker processes share the file) and fsyncs before
-returning. If the record cannot be written the caller gets an error, never a
-certificate.
+With a store (the server always has one), each record is appended to the hash chain in
+the state database, in the same transaction as the certificate it issues or the
+revocation it records, and only then mirrored as a JSON line (structlog) to the log
+file for shipping. Without a store (unit tests of the layers above), the fsynced JSON
+line is itself the durable record. If the record cannot be written the caller gets an
+error, never a certificate.
 """
 
 from __future__ import annotations
@@ -12,23 +14,27 @@ import contextlib
 import fcntl
 import os
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from kubeca_client.errors import ConfigError, Unavailable
 
+from kubeca_server.store import CertificateRow, Store
+
 
 class DurableSink:
-    """A structlog logger that appends each rendered line durably."""
+    """A structlog logger that appends each rendered line, whole, under a file lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fsync: bool) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(f"audit_log: cannot open {path} ({exc.strerror})") from None
         self.path = path
+        self._fsync = fsync
         self._lock = threading.Lock()
 
     def msg(self, message: str) -> None:
@@ -42,7 +48,8 @@ class DurableSink:
                     while view:
                         written = os.write(self._fd, view)
                         view = view[written:]
-                    os.fsync(self._fd)
+                    if self._fsync:
+                        os.fsync(self._fd)
                 except OSError:
                     # Cut off a partial line (disk full mid-write), so the next record
                     # starts a line of its own and the log stays valid JSON lines.
@@ -59,13 +66,14 @@ class DurableSink:
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
-        self._sink = DurableSink(path)
+    def __init__(self, path: Path, store: Store | None = None) -> None:
+        # With a store the database is the durable record and the file a mirror.
+        self._sink = DurableSink(path, fsync=store is None)
+        self._store = store
         self._log = structlog.wrap_logger(
             self._sink,
             processors=[
                 structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
                 structlog.processors.JSONRenderer(sort_keys=True),
             ],
         )
@@ -74,12 +82,35 @@ class AuditLog:
     def path(self) -> Path:
         return self._sink.path
 
-    def record(self, event: str, severity: str = "info", **fields: Any) -> None:
-        """Append one record durably, or raise ``Unavailable``."""
+    def record(
+        self,
+        event: str,
+        severity: str = "info",
+        *,
+        certificate: CertificateRow | None = None,
+        revoke: tuple[str, datetime, str] | None = None,
+        **fields: Any,
+    ) -> int:
+        """Append one record durably (with ``certificate`` or ``revoke`` in the same
+        transaction); return its sequence number (0 without a store), or raise."""
+        fields["time"] = datetime.now(UTC).isoformat()
+        seq = 0
+        if self._store is not None:
+            row = self._store.append_audit(
+                {"event": event, "level": severity, **fields}, certificate, revoke
+            )
+            seq = row.seq
+            fields.update(seq=row.seq, prev_hash=row.prev_hash, hash=row.hash)
+        elif certificate is not None or revoke is not None:
+            raise AssertionError("an inventory change needs a store")
         try:
             getattr(self._log, severity)(event, **fields)
         except OSError as exc:
-            raise Unavailable(f"the audit log cannot be written ({exc.strerror})") from None
+            if self._store is None:
+                raise Unavailable(f"the audit log cannot be written ({exc.strerror})") from None
+            # The chain holds the record already; the mirror catches up on the next line.
+            structlog.get_logger("kubeca.audit").error("audit.mirror_failed", error=exc.strerror)
+        return seq
 
     def close(self) -> None:
         self._sink.close()

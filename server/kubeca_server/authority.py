@@ -38,10 +38,11 @@ from kubeca_server.csr import (
     parse_csr,
 )
 from kubeca_server.keys import signature_hash
+from kubeca_server.ledger import canonical
 from kubeca_server.lint import Linter
 from kubeca_server.profiles import MIN_LIFETIME, PROFILES, Profile, build_leaf, parse_inputs
 from kubeca_server.serials import new_serial
-from kubeca_server.store import Store, TokenRecord
+from kubeca_server.store import CertificateRow, Store, TokenRecord
 
 log = structlog.get_logger("kubeca.authority")
 
@@ -65,6 +66,7 @@ class IssueRequest:
     csr: bytes
     parameters: Mapping[str, str] = field(default_factory=dict)
     lifetime: timedelta | None = None
+    force_new: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class IssuedCertificate:
     certificate: x509.Certificate
     authority: CertificateAuthority
     profile: Profile
+    reused: bool = False
 
     @property
     def certificate_pem(self) -> str:
@@ -199,6 +202,16 @@ class Authority:
         }
         try:
             issued = self._decide(caller, request, record)
+            if issued.reused:
+                self._audit.record(
+                    "certificate.reused",
+                    outcome="reused",
+                    authority=issued.authority.name,
+                    serial=issued.serial_hex,
+                    fingerprint_sha256=issued.fingerprint_sha256,
+                    **record,
+                )
+                return issued
         except KubecaError as exc:
             self._audit.record(
                 "certificate.refused",
@@ -221,8 +234,8 @@ class Authority:
             )
             raise
         masters = issued.profile.grants_system_masters
-        # The record must be durable before the certificate leaves: AuditLog.record
-        # fsyncs, and raises instead of returning when it cannot.
+        # The record, and the inventory row in the same transaction, must be durable
+        # before the certificate leaves: AuditLog.record raises when it cannot.
         self._audit.record(
             "certificate.issued",
             "critical" if masters else "info",
@@ -234,9 +247,37 @@ class Authority:
             not_before=issued.certificate.not_valid_before_utc.isoformat(),
             not_after=issued.certificate.not_valid_after_utc.isoformat(),
             system_masters=masters,
+            certificate=self._inventory_row(issued, record) if self._store else None,
             **record,
         )
         return issued
+
+    def _inventory_row(self, issued: IssuedCertificate, record: dict[str, Any]) -> CertificateRow:
+        certificate = issued.certificate
+        try:
+            names = certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+            sans = (
+                *names.get_values_for_type(x509.DNSName),
+                *map(str, names.get_values_for_type(x509.IPAddress)),
+            )
+        except x509.ExtensionNotFound:
+            sans = ()
+        return CertificateRow(
+            serial=issued.serial_hex,
+            authority=issued.authority.name,
+            profile=issued.profile.name,
+            subject=certificate.subject.rfc4514_string(),
+            sans=tuple(sans),
+            public_key_sha256=record["public_key_sha256"],
+            fingerprint_sha256=issued.fingerprint_sha256,
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            caller=record["caller"],
+            request_fingerprint=record["request_fingerprint"],
+            certificate_pem=issued.certificate_pem,
+        )
 
     def _decide(
         self, caller: Caller, request: IssueRequest, record: dict[str, Any]
@@ -267,7 +308,7 @@ class Authority:
         sans = profile.sans(inputs)
         check_requested_subject(csr, subject)
         check_requested_sans(csr, sans)
-        lifetime = self._lifetime(request.lifetime)
+        lifetime = self._lifetime(request.lifetime, permit.grant)
         if permit.grant is not None:
             grants.check_request(permit.grant, profile, inputs, sans, lifetime)
         if permit.token is not None:
@@ -275,6 +316,14 @@ class Authority:
             record["token_id"] = permit.token.token_id
         authority = self._authorities[profile.authority]
         now = self._clock()
+        record["request_fingerprint"] = _request_fingerprint(caller, request, record)
+        if self._store is not None and permit.token is None and not request.force_new:
+            # Idempotency: the same question again (Terraform asks on every plan) gets
+            # the same answer while it is current, without a new HSM signature.
+            existing = self._store.reusable_certificate(record["request_fingerprint"], now)
+            if existing is not None:
+                certificate = x509.load_pem_x509_certificate(existing.certificate_pem.encode())
+                return IssuedCertificate(certificate, authority, profile, reused=True)
         expiry = authority.certificate.not_valid_after_utc
         if expiry <= now:
             raise Unavailable(
@@ -306,9 +355,11 @@ class Authority:
         assert self._store is not None
         self._store.release_token(token.token_id, profile.name)
 
-    def _lifetime(self, requested: timedelta | None) -> timedelta:
+    def _lifetime(self, requested: timedelta | None, grant: Grant | None) -> timedelta:
         if requested is None:
-            return self._leaf.default_lifetime
+            # A grant's ceiling lowers the default too, so its callers need not say so.
+            default = self._leaf.default_lifetime
+            return min(default, grant.max_lifetime) if grant is not None else default
         if requested <= timedelta(0):
             raise InvalidArgument(
                 "lifetime must be positive (leave it 0 or unset for the profile's default)"
@@ -325,3 +376,87 @@ class Authority:
                 f"({maximum.days} days)"
             )
         return requested
+
+    # --- the inventory and revocation ---------------------------------------------------
+
+    def _operator(self, caller: Caller) -> Grant:
+        permit = self._authenticate(caller)
+        if permit.grant is None:
+            raise PermissionDenied("only operators may read the inventory or revoke")
+        return permit.grant
+
+    def certificates(
+        self,
+        caller: Caller,
+        authority: str = "",
+        profile: str = "",
+        expiring_within: timedelta | None = None,
+        revoked_only: bool = False,
+    ) -> list[CertificateRow]:
+        self._operator(caller)
+        if self._store is None:
+            return []
+        before = self._clock() + expiring_within if expiring_within else None
+        return self._store.list_certificates(authority, profile, before, revoked_only)
+
+    def revoke(self, caller: Caller, serial: str, reason: str) -> CertificateRow:
+        """Mark a certificate revoked, audited in the same transaction."""
+        fields: dict[str, Any] = {
+            "caller": caller.identity,
+            "peer": caller.peer,
+            "serial": serial[:64],
+        }
+        try:
+            grant = self._operator(caller)
+            if not grant.revoke:
+                raise PermissionDenied(
+                    f"grant {grant.identity!r} may not revoke (it needs revoke = true)"
+                )
+            if self._store is None:
+                raise NotFound("this server keeps no inventory")
+            normalized = serial.strip().lower().removeprefix("0x").replace(":", "")
+            row = self._store.find_certificate(normalized)
+            if row is None:
+                raise NotFound(f"no certificate with serial {serial[:64]!r} was issued here")
+            if row.revoked_at is not None:
+                raise InvalidArgument(f"certificate {normalized} was revoked already")
+            now = self._clock()
+            self._audit.record(
+                "certificate.revoked",
+                "warning",
+                outcome="revoked",
+                reason=reason,
+                authority=row.authority,
+                profile=row.profile,
+                subject=row.subject,
+                revoke=(normalized, now, reason),
+                **{**fields, "serial": normalized},
+            )
+        except KubecaError as exc:
+            self._audit.record(
+                "certificate.revoke_refused",
+                "warning",
+                outcome="refused",
+                reason=exc.message,
+                status=exc.status,
+                **fields,
+            )
+            raise
+        revoked = self._store.find_certificate(normalized)
+        assert revoked is not None
+        return revoked
+
+
+def _request_fingerprint(caller: Caller, request: IssueRequest, record: dict[str, Any]) -> str:
+    """What makes two requests "the same": who, which profile, which inputs, which key."""
+    material = canonical(
+        {
+            "caller": caller.identity,
+            "profile": request.profile,
+            "parameters": dict(sorted(request.parameters.items())),
+            "requested_subject": record.get("requested_subject", ""),
+            "public_key_sha256": record.get("public_key_sha256", ""),
+            "lifetime_seconds": record.get("lifetime_seconds", 0),
+        }
+    )
+    return hashlib.sha256(material.encode()).hexdigest()

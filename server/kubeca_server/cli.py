@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
-from kubeca_client.errors import KubecaError
+from kubeca_client.errors import InvalidArgument, KubecaError
 
-from kubeca_server.config import load_config
+from kubeca_server.config import ServerConfig, load_config
 from kubeca_server.logs import configure_logging
 
 
@@ -35,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--out", type=Path, required=True, help="directory for the files")
     issue.add_argument("--lifetime-days", type=int, default=365)
 
+    audit = commands.add_parser("audit", help="the tamper-evident audit chain")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    audit_actions.add_parser(
+        "verify", help="walk the chain and its signed checkpoints; report the first break"
+    )
+    audit_actions.add_parser("checkpoint", help="sign the chain's head now (HSM)")
+
     serve = commands.add_parser("serve", help="serve the gRPC API")
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
@@ -42,42 +50,72 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _init(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server.runtime import run_init
+
+    for line in run_init(config):
+        print(line)
+    return 0
+
+
+def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server.runtime import checkpoint_now, verify_audit
+
+    if args.action == "checkpoint":
+        signed = checkpoint_now(config)
+        print(
+            f"checkpoint at record {signed.seq}: {signed.head_hash}"
+            if signed
+            else "nothing new to checkpoint"
+        )
+        return 0
+    result = verify_audit(config)
+    print(
+        f"{result.records} records, {result.checkpoints} signed checkpoints, "
+        f"{result.certificates} certificates in the inventory"
+    )
+    for problem in result.problems:
+        print(f"FAIL: {problem}")
+    if result.problems:
+        return 1
+    print("the audit chain verifies")
+    return 0
+
+
+def _credentials(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server.runtime import issue_credentials
+
+    if not 1 <= args.lifetime_days <= 3650:
+        raise InvalidArgument("--lifetime-days must be 1 to 3650")
+    out = issue_credentials(config, args.name, args.out, timedelta(days=args.lifetime_days))
+    print(f"wrote {out}/client.crt, client.key (0600) and ca.crt for {args.name!r}")
+    if args.name not in config.grants:
+        print(f"note: [grants.{args.name}] is not in {config.path}: it may obtain nothing")
+    print("client config:")
+    print(f'  address = "{config.listen}"')
+    print(f'  ca_file = "{out.resolve()}/ca.crt"')
+    print(f'  cert_file = "{out.resolve()}/client.crt"')
+    print(f'  key_file = "{out.resolve()}/client.key"')
+    return 0
+
+
+def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server.runtime import serve
+
+    if not 1 <= args.workers <= 64:
+        raise InvalidArgument("--workers must be between 1 and 64")
+    serve(config, args.workers)
+    return 0
+
+
+COMMANDS = {"init": _init, "audit": _audit, "credentials": _credentials, "serve": _serve}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging()
     try:
-        config = load_config(args.config)
-        if args.command == "init":
-            from kubeca_server.runtime import run_init
-
-            for line in run_init(config):
-                print(line)
-            return 0
-        if args.command == "credentials":
-            from datetime import timedelta
-
-            from kubeca_server.runtime import issue_credentials
-
-            if not 1 <= args.lifetime_days <= 3650:
-                print("kubeca-server: error: --lifetime-days must be 1 to 3650", file=sys.stderr)
-                return 2
-            out = issue_credentials(config, args.name, args.out, timedelta(days=args.lifetime_days))
-            print(f"wrote {out}/client.crt, client.key (0600) and ca.crt for {args.name!r}")
-            if args.name not in config.grants:
-                print(f"note: [grants.{args.name}] is not in {config.path}: it may obtain nothing")
-            print("client config:")
-            print(f'  address = "{config.listen}"')
-            print(f'  ca_file = "{out.resolve()}/ca.crt"')
-            print(f'  cert_file = "{out.resolve()}/client.crt"')
-            print(f'  key_file = "{out.resolve()}/client.key"')
-            return 0
-        if args.workers < 1 or args.workers > 64:
-            print("kubeca-server: error: --workers must be between 1 and 64", file=sys.stderr)
-            return 2
-        from kubeca_server.runtime import serve
-
-        serve(config, args.workers)
-        return 0
+        return COMMANDS[args.command](load_config(args.config), args)
     except KubecaError as exc:
         print(f"kubeca-server: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

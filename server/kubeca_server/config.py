@@ -92,6 +92,7 @@ class Grant:
     san_cidrs: tuple[IPNetwork, ...]
     max_lifetime: timedelta
     bootstrap_tokens: bool
+    revoke: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,10 @@ class ServerConfig:
     @property
     def database(self) -> Path:
         return self.state_dir / "kubeca.db"
+
+    @property
+    def crl_dir(self) -> Path:
+        return self.state_dir / "crl"
 
 
 class _Table:
@@ -302,6 +307,7 @@ GRANT_KEYS = {
     "san_cidrs",
     "max_lifetime_days",
     "bootstrap_tokens",
+    "revoke",
 }
 
 
@@ -320,4 +326,5 @@ def _grant(table: _Table, identity: str) -> Grant:
         san_cidrs=tuple(cidrs),
         max_lifetime=timedelta(days=table.integer("max_lifetime_days", 365, 1, 3650)),
         bootstrap_tokens=table.boolean("bootstrap_tokens", False),
+        revoke=table.boolean("revoke", False),
     )

@@ -15,12 +15,13 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
 import grpc
 import structlog
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -28,10 +29,12 @@ from kubeca_client.errors import ConfigError, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 
 from kubeca_server.audit import AuditLog
-from kubeca_server.authorities import init_authorities, load_authorities
+from kubeca_server.authorities import CertificateAuthority, init_authorities, load_authorities
 from kubeca_server.authority import Authority
 from kubeca_server.config import SERVICE_CA, ServerConfig, load_config
+from kubeca_server.crl import CRLPublisher
 from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
+from kubeca_server.ledger import Checkpoint, Verification, sign_checkpoint, verify
 from kubeca_server.lint import Linter
 from kubeca_server.logs import configure_logging
 from kubeca_server.service import (
@@ -54,6 +57,8 @@ RPC_THREADS = 16
 MAX_CONCURRENT_RPCS = 256
 GRACE_SECONDS = 5.0
 RESTART_BACKOFF_SECONDS = 1.0
+MAINTENANCE_SECONDS = 60.0
+CHECKPOINT_SECONDS = 3600.0
 CRASH_WINDOW_SECONDS = 60.0
 MAX_CRASHES_IN_WINDOW = 5
 
@@ -91,7 +96,8 @@ def check_startup(config: ServerConfig) -> None:
 def issue_credentials(config: ServerConfig, name: str, out: Path, lifetime: timedelta) -> Path:
     """Write an operator's client certificate, key and the service CA into ``out``."""
     backend = open_backend(config)
-    audit = AuditLog(config.audit_log)
+    store = SQLiteStore(config.database)
+    audit = AuditLog(config.audit_log, store)
     try:
         service_ca = load_authorities(config, backend)[SERVICE_CA]
         credentials = issue_operator_credentials(name, service_ca, Linter(), lifetime)
@@ -107,6 +113,7 @@ def issue_credentials(config: ServerConfig, name: str, out: Path, lifetime: time
         )
     finally:
         audit.close()
+        store.close()
         backend.close()
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write(out / "client.key", credentials.key_pem, PRIVATE)
@@ -115,10 +122,101 @@ def issue_credentials(config: ServerConfig, name: str, out: Path, lifetime: time
     return out
 
 
+class Maintenance:
+    """Keeps each CRL fresh before its NextUpdate, and checkpoints the audit chain with
+    a signature from the service CA's HSM key, at intervals and on demand."""
+
+    def __init__(
+        self,
+        crls: CRLPublisher,
+        store: SQLiteStore,
+        audit: AuditLog,
+        service_ca: CertificateAuthority,
+        interval: float = MAINTENANCE_SECONDS,
+    ) -> None:
+        self._crls = crls
+        self._store = store
+        self._audit = audit
+        self._service_ca = service_ca
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._crls.refresh_all()
+                checkpoint(self._store, self._audit, self._service_ca, CHECKPOINT_SECONDS)
+            except Exception:
+                # The next round tries again; the failure is for the operator's log.
+                log.exception("maintenance.failed")
+
+
+def checkpoint(
+    store: SQLiteStore,
+    audit: AuditLog,
+    service_ca: CertificateAuthority,
+    min_age_seconds: float = 0,
+) -> Checkpoint | None:
+    """Sign the chain's head, unless it is signed already or the last checkpoint is
+    younger than ``min_age_seconds``."""
+    head = store.head()
+    if head is None:
+        return None
+    previous = store.checkpoints()
+    now = datetime.now(UTC)
+    if previous and (
+        previous[-1].seq == head.seq
+        or (now - previous[-1].signed_at).total_seconds() < min_age_seconds
+    ):
+        return None
+    signed = sign_checkpoint(head.seq, head.hash, service_ca.key, now)
+    store.add_checkpoint(signed)
+    audit.record("audit.checkpoint", checkpoint_seq=signed.seq, head_hash=signed.head_hash)
+    return signed
+
+
+def verify_audit(config: ServerConfig) -> Verification:
+    """Walk the chain and its checkpoints; needs the state directory, not the HSM."""
+    store = SQLiteStore(config.database)
+    try:
+        ca_path = config.ca_dir / f"{SERVICE_CA}.crt"
+        try:
+            service_ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+        except (OSError, ValueError):
+            raise ConfigError(f"cannot read the service CA certificate {ca_path}") from None
+        rows = list(store.chain())
+        issued = [(row.serial, row.audit_seq) for row in store.list_certificates()]
+        return verify(rows, store.checkpoints(), issued, service_ca.public_key())
+    finally:
+        store.close()
+
+
+def checkpoint_now(config: ServerConfig) -> Checkpoint | None:
+    backend = open_backend(config)
+    store = SQLiteStore(config.database)
+    audit = AuditLog(config.audit_log, store)
+    try:
+        return checkpoint(store, audit, load_authorities(config, backend)[SERVICE_CA])
+    finally:
+        audit.close()
+        store.close()
+        backend.close()
+
+
 @dataclass
 class Worker:
     server: grpc.Server
     health: HealthMonitor
+    maintenance: Maintenance
     backend: Pkcs11Backend
     audit: AuditLog
     store: SQLiteStore
@@ -127,6 +225,7 @@ class Worker:
     def stop(self) -> None:
         self.health.stop()
         self.server.stop(GRACE_SECONDS).wait()
+        self.maintenance.stop()
         self.health.join()
         self.backend.close()
         self.store.close()
@@ -138,8 +237,8 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
     authorities = load_authorities(config, backend)
     service_ca = authorities.pop(SERVICE_CA)
     tls = load_server_credentials(config, service_ca)
-    audit = AuditLog(config.audit_log)
     store = SQLiteStore(config.database)
+    audit = AuditLog(config.audit_log, store)
     authority = Authority(
         authorities,
         config.leaf,
@@ -159,8 +258,13 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
         ],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
+    crls = CRLPublisher(authorities, store, audit, config.crl_dir)
     service = CertificateAuthorityService(
-        authority, TokenAdmin(store, audit, config.grants), monitor, service_ca.ca_cert_hash
+        authority,
+        TokenAdmin(store, audit, config.grants),
+        crls,
+        monitor,
+        service_ca.ca_cert_hash,
     )
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
@@ -180,9 +284,12 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
     )
     if config.listen_bootstrap:
         _bind(server, config.listen_bootstrap, grpc.ssl_server_credentials(pair))
+    maintenance = Maintenance(crls, store, audit, service_ca)
+    crls.refresh_all()
     monitor.start()
+    maintenance.start()
     server.start()
-    return Worker(server, monitor, backend, audit, store, operator_port)
+    return Worker(server, monitor, maintenance, backend, audit, store, operator_port)
 
 
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:

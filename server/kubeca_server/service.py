@@ -27,8 +27,9 @@ from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.errors import InvalidArgument, KubecaError, Unauthenticated, Unavailable
 
 from kubeca_server.authority import ANONYMOUS, OPERATOR, TOKEN, Authority, Caller, IssueRequest
+from kubeca_server.crl import CRLPublisher, parse_reason
 from kubeca_server.profiles import EKU_NAMES, LEAF_KEY_USAGES
-from kubeca_server.store import TokenRecord
+from kubeca_server.store import CertificateRow, TokenRecord
 from kubeca_server.token_admin import TokenAdmin
 from kubeca_server.tokens import TokenRequest
 
@@ -148,11 +149,13 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
         self,
         authority: Authority,
         tokens: TokenAdmin,
+        crls: CRLPublisher,
         health_monitor: HealthMonitor,
         service_ca_hash: str,
     ) -> None:
         self._authority = authority
         self._tokens = tokens
+        self._crls = crls
         self._health = health_monitor
         self._service_ca_hash = service_ca_hash
 
@@ -192,6 +195,7 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                     csr=request.csr,
                     parameters=dict(request.parameters),
                     lifetime=_lifetime(request.lifetime_seconds),
+                    force_new=request.force_new,
                 ),
             )
             certificate = issued.certificate
@@ -203,6 +207,7 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                 not_after=_timestamp(certificate.not_valid_after_utc),
                 fingerprint_sha256=issued.fingerprint_sha256,
                 authority=issued.authority.name,
+                reused=issued.reused,
             )
         raise AssertionError("unreachable: _mapped_errors aborts")
 
@@ -293,6 +298,50 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
             return pb.RevokeBootstrapTokenResponse()
         raise AssertionError("unreachable: _mapped_errors aborts")
 
+    def RevokeCertificate(
+        self, request: pb.RevokeCertificateRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeCertificateResponse:
+        with self._mapped_errors(context, "RevokeCertificate"):
+            row = self._authority.revoke(
+                _caller(context), request.serial, parse_reason(request.reason)
+            )
+            assert row.revoked_at is not None
+            published = self._crls.publish(row.authority)
+            return pb.RevokeCertificateResponse(
+                revoked_at=_timestamp(row.revoked_at),
+                authority=row.authority,
+                crl_number=published.number,
+            )
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def GetCRL(self, request: pb.GetCRLRequest, context: grpc.ServicerContext) -> pb.GetCRLResponse:
+        with self._mapped_errors(context, "GetCRL"):
+            # Anyone may read a CRL: it is what a relying party must check.
+            crl = self._crls.current(request.authority)
+            return pb.GetCRLResponse(
+                crl_der=crl.der,
+                crl_number=crl.number,
+                this_update=_timestamp(crl.this_update),
+                next_update=_timestamp(crl.next_update),
+            )
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
+    def ListCertificates(
+        self, request: pb.ListCertificatesRequest, context: grpc.ServicerContext
+    ) -> pb.ListCertificatesResponse:
+        with self._mapped_errors(context, "ListCertificates"):
+            if request.expiring_within_seconds < 0:
+                raise InvalidArgument("expiring_within_seconds must not be negative")
+            rows = self._authority.certificates(
+                _caller(context),
+                request.authority,
+                request.profile,
+                _lifetime(request.expiring_within_seconds),
+                request.revoked_only,
+            )
+            return pb.ListCertificatesResponse(certificates=[_certificate_message(r) for r in rows])
+        raise AssertionError("unreachable: _mapped_errors aborts")
+
 
 Handler = Callable[[Message, grpc.ServicerContext], Message]
 
@@ -339,6 +388,25 @@ def _decoding(
         return handler(request, context)
 
     return decode_then_handle
+
+
+def _certificate_message(row: CertificateRow) -> pb.CertificateRecord:
+    message = pb.CertificateRecord(
+        serial=row.serial,
+        authority=row.authority,
+        profile=row.profile,
+        subject=row.subject,
+        sans=list(row.sans),
+        not_before=_timestamp(row.not_before),
+        not_after=_timestamp(row.not_after),
+        caller=row.caller,
+        revoked=row.revoked_at is not None,
+        revocation_reason=row.revocation_reason or "",
+        fingerprint_sha256=row.fingerprint_sha256,
+    )
+    if row.revoked_at is not None:
+        message.revoked_at.CopyFrom(_timestamp(row.revoked_at))
+    return message
 
 
 def _token_message(record: TokenRecord) -> pb.BootstrapToken:

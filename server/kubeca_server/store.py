@@ -16,9 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from kubeca_client.errors import ConfigError, Unavailable
+from kubeca_client.errors import ConfigError, NotFound, Unavailable
+
+from kubeca_server.ledger import GENESIS, ChainRow, Checkpoint, canonical, link_hash
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bootstrap_tokens (
@@ -31,6 +33,41 @@ CREATE TABLE IF NOT EXISTS bootstrap_tokens (
     created_by   TEXT NOT NULL,
     created_at   REAL NOT NULL,
     revoked_at   REAL
+);
+CREATE TABLE IF NOT EXISTS audit_chain (
+    seq        INTEGER PRIMARY KEY,
+    record     TEXT NOT NULL,  -- canonical JSON, "seq" inside
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial               TEXT PRIMARY KEY,  -- lower-case hex
+    authority            TEXT NOT NULL,
+    profile              TEXT NOT NULL,
+    subject              TEXT NOT NULL,
+    sans                 TEXT NOT NULL,  -- JSON list
+    public_key_sha256    TEXT NOT NULL,
+    fingerprint_sha256   TEXT NOT NULL,
+    not_before           REAL NOT NULL,
+    not_after            REAL NOT NULL,
+    caller               TEXT NOT NULL,
+    request_fingerprint  TEXT NOT NULL,
+    certificate_pem      TEXT NOT NULL,
+    audit_seq            INTEGER NOT NULL REFERENCES audit_chain(seq),
+    revoked_at           REAL,
+    revocation_reason    TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_request ON certificates(request_fingerprint);
+CREATE INDEX IF NOT EXISTS certificates_authority ON certificates(authority, revoked_at);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq        INTEGER PRIMARY KEY,
+    head_hash  TEXT NOT NULL,
+    signed_at  REAL NOT NULL,
+    signature  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crl_numbers (
+    authority  TEXT PRIMARY KEY,
+    number     INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS bootstrap_token_uses (
     token_id  TEXT NOT NULL REFERENCES bootstrap_tokens(token_id),
@@ -55,7 +92,63 @@ class TokenRecord:
     revoked: bool = False
 
 
+@dataclass(frozen=True)
+class CertificateRow:
+    serial: str
+    authority: str
+    profile: str
+    subject: str
+    sans: tuple[str, ...]
+    public_key_sha256: str
+    fingerprint_sha256: str
+    not_before: datetime
+    not_after: datetime
+    caller: str
+    request_fingerprint: str
+    certificate_pem: str
+    audit_seq: int = 0
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
+
+
 class Store(Protocol):
+    def append_audit(
+        self,
+        record: dict[str, Any],
+        certificate: CertificateRow | None = None,
+        revoke: tuple[str, datetime, str] | None = None,
+    ) -> ChainRow:
+        """Append ``record`` to the chain and, in the same transaction, the certificate
+        it issues or the revocation (serial, when, reason) it records. Durable on return."""
+
+    def chain(self, after: int = 0) -> Iterator[ChainRow]: ...
+
+    def head(self) -> ChainRow | None: ...
+
+    def find_certificate(self, serial: str) -> CertificateRow | None: ...
+
+    def reusable_certificate(
+        self, request_fingerprint: str, now: datetime
+    ) -> CertificateRow | None:
+        """The newest unrevoked certificate for this exact request still outside its
+        renewal window (the last third of its lifetime), if any."""
+
+    def list_certificates(
+        self,
+        authority: str = "",
+        profile: str = "",
+        expiring_before: datetime | None = None,
+        revoked_only: bool = False,
+    ) -> list[CertificateRow]: ...
+
+    def revoked(self, authority: str) -> list[CertificateRow]: ...
+
+    def next_crl_number(self, authority: str) -> int: ...
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def checkpoints(self) -> list[Checkpoint]: ...
+
     def add_token(self, token: TokenRecord) -> None: ...
 
     def find_token(self, token_id: str) -> TokenRecord | None: ...
@@ -117,12 +210,174 @@ class SQLiteStore:
             except sqlite3.OperationalError as exc:
                 raise Unavailable(f"the state database is unavailable ({exc})") from None
 
-    def _read(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+    def _read(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, args))
             except sqlite3.OperationalError as exc:
                 raise Unavailable(f"the state database is unavailable ({exc})") from None
+
+    # --- the audit chain and the inventory ----------------------------------------------
+
+    def append_audit(
+        self,
+        record: dict[str, Any],
+        certificate: CertificateRow | None = None,
+        revoke: tuple[str, datetime, str] | None = None,
+    ) -> ChainRow:
+        with self._write() as db:
+            last = db.execute(
+                "SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            body = canonical({**record, "seq": seq})
+            row = ChainRow(seq, body, prev_hash, link_hash(prev_hash, body))
+            db.execute(
+                "INSERT INTO audit_chain VALUES (?, ?, ?, ?)",
+                (row.seq, row.record, row.prev_hash, row.hash),
+            )
+            if certificate is not None:
+                db.execute(
+                    "INSERT INTO certificates VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                    (
+                        certificate.serial,
+                        certificate.authority,
+                        certificate.profile,
+                        certificate.subject,
+                        json.dumps(list(certificate.sans)),
+                        certificate.public_key_sha256,
+                        certificate.fingerprint_sha256,
+                        _ts(certificate.not_before),
+                        _ts(certificate.not_after),
+                        certificate.caller,
+                        certificate.request_fingerprint,
+                        certificate.certificate_pem,
+                        row.seq,
+                    ),
+                )
+            if revoke is not None:
+                serial, when, reason = revoke
+                cursor = db.execute(
+                    "UPDATE certificates SET revoked_at = ?, revocation_reason = ? "
+                    "WHERE serial = ? AND revoked_at IS NULL",
+                    (_ts(when), reason, serial),
+                )
+                if cursor.rowcount != 1:
+                    raise NotFound(f"no unrevoked certificate with serial {serial[:40]}")
+            return row
+
+    def chain(self, after: int = 0) -> Iterator[ChainRow]:
+        rows = self._read(
+            "SELECT seq, record, prev_hash, hash FROM audit_chain WHERE seq > ? ORDER BY seq",
+            after,
+        )
+        for seq, record, prev_hash, hash_ in rows:
+            yield ChainRow(int(seq), str(record), str(prev_hash), str(hash_))
+
+    def head(self) -> ChainRow | None:
+        rows = self._read(
+            "SELECT seq, record, prev_hash, hash FROM audit_chain ORDER BY seq DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        seq, record, prev_hash, hash_ = rows[0]
+        return ChainRow(int(seq), str(record), str(prev_hash), str(hash_))
+
+    def _certificates(self, where: str, *args: object) -> list[CertificateRow]:
+        rows = self._read(f"SELECT * FROM certificates {where}", *args)  # noqa: S608  # fixed clauses, bound values
+        return [
+            CertificateRow(
+                serial=str(r[0]),
+                authority=str(r[1]),
+                profile=str(r[2]),
+                subject=str(r[3]),
+                sans=tuple(json.loads(str(r[4]))),
+                public_key_sha256=str(r[5]),
+                fingerprint_sha256=str(r[6]),
+                not_before=_dt(float(r[7])),
+                not_after=_dt(float(r[8])),
+                caller=str(r[9]),
+                request_fingerprint=str(r[10]),
+                certificate_pem=str(r[11]),
+                audit_seq=int(r[12]),
+                revoked_at=_dt(float(r[13])) if r[13] is not None else None,
+                revocation_reason=str(r[14]) if r[14] is not None else None,
+            )
+            for r in rows
+        ]
+
+    def find_certificate(self, serial: str) -> CertificateRow | None:
+        found = self._certificates("WHERE serial = ?", serial)
+        return found[0] if found else None
+
+    def reusable_certificate(
+        self, request_fingerprint: str, now: datetime
+    ) -> CertificateRow | None:
+        # Outside the renewal window: now < not_after - (not_after - not_before) / 3.
+        found = self._certificates(
+            "WHERE request_fingerprint = ? AND revoked_at IS NULL "
+            "AND ? < not_after - (not_after - not_before) / 3.0 ORDER BY not_before DESC LIMIT 1",
+            request_fingerprint,
+            _ts(now),
+        )
+        return found[0] if found else None
+
+    def list_certificates(
+        self,
+        authority: str = "",
+        profile: str = "",
+        expiring_before: datetime | None = None,
+        revoked_only: bool = False,
+    ) -> list[CertificateRow]:
+        clauses, args = ["1 = 1"], []  # type: list[str], list[object]
+        if authority:
+            clauses.append("authority = ?")
+            args.append(authority)
+        if profile:
+            clauses.append("profile = ?")
+            args.append(profile)
+        if expiring_before is not None:
+            clauses.append("not_after <= ?")
+            args.append(_ts(expiring_before))
+        if revoked_only:
+            clauses.append("revoked_at IS NOT NULL")
+        return self._certificates("WHERE " + " AND ".join(clauses) + " ORDER BY not_after", *args)
+
+    def revoked(self, authority: str) -> list[CertificateRow]:
+        return self._certificates(
+            "WHERE authority = ? AND revoked_at IS NOT NULL ORDER BY revoked_at", authority
+        )
+
+    def next_crl_number(self, authority: str) -> int:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO crl_numbers VALUES (?, 1) "
+                "ON CONFLICT(authority) DO UPDATE SET number = number + 1",
+                (authority,),
+            )
+            row = db.execute(
+                "SELECT number FROM crl_numbers WHERE authority = ?", (authority,)
+            ).fetchone()
+            return int(row[0])
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
+                (
+                    checkpoint.seq,
+                    checkpoint.head_hash,
+                    _ts(checkpoint.signed_at),
+                    checkpoint.signature,
+                ),
+            )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._read(
+            "SELECT seq, head_hash, signed_at, signature FROM checkpoints ORDER BY seq"
+        )
+        return [Checkpoint(int(r[0]), str(r[1]), _dt(float(r[2])), bytes(r[3])) for r in rows]
 
     # --- bootstrap tokens -------------------------------------------------------------
 
@@ -142,7 +397,7 @@ class SQLiteStore:
                 ),
             )
 
-    def _token_from_row(self, row: tuple[object, ...]) -> TokenRecord:
+    def _token_from_row(self, row: tuple[Any, ...]) -> TokenRecord:
         token_id = str(row[0])
         used = self._read(
             "SELECT profile FROM bootstrap_token_uses WHERE token_id = ? ORDER BY profile",
@@ -154,9 +409,9 @@ class SQLiteStore:
             profiles=tuple(json.loads(str(row[2]))),
             node_name=str(row[3]),
             addresses=tuple(json.loads(str(row[4]))),
-            expires_at=_dt(float(row[5])),  # type: ignore[arg-type]
+            expires_at=_dt(float(row[5])),
             created_by=str(row[6]),
-            created_at=_dt(float(row[7])),  # type: ignore[arg-type]
+            created_at=_dt(float(row[7])),
             used_profiles=tuple(str(u[0]) for u in used),
             revoked=row[8] is not None,
         )

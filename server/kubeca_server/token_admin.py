@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kubeca_client.errors import NotFound, PermissionDenied
 from kubeca_client.names import SubjectAltNames
@@ -46,7 +47,7 @@ class TokenAdmin:
         return grant
 
     def _audited(
-        self, event: str, caller: Caller, action: Callable[[], object], **fields: object
+        self, event: str, caller: Caller, action: Callable[[], object], **fields: Any
     ) -> None:
         """Run ``action``; audit a refusal, whatever raised it, and let it through."""
         try:
@@ -90,7 +91,7 @@ class TokenAdmin:
             self._store.add_token(record)
             result.append((token, record))
 
-        fields = {
+        fields: dict[str, Any] = {
             "profiles": list(request.profiles)[:16],
             "node_name": request.node_name[:253],
             "addresses": list(request.addresses)[:16],
@@ -111,8 +112,14 @@ class TokenAdmin:
         return token, record
 
     def list(self, caller: Caller) -> list[TokenRecord]:
-        self._operator_grant(caller)
-        return self._store.list_tokens(self._clock())
+        result: list[list[TokenRecord]] = []
+
+        def run() -> None:
+            self._operator_grant(caller)
+            result.append(self._store.list_tokens(self._clock()))
+
+        self._audited("token.list", caller, run)
+        return result[0]
 
     def revoke(self, caller: Caller, token_id: str) -> None:
         def run() -> None:

@@ -7,27 +7,42 @@ taxonomy; nothing prints a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from kubeca_client.cli import issue, layout, tokens
+from kubeca_client.cli import issue, layout, ledger, tokens
 from kubeca_client.cli.common import CONFIG_ENV, parse_duration, parse_params
 from kubeca_client.errors import KubecaError
 
 __all__ = ["CONFIG_ENV", "main", "parse_duration", "parse_params"]
 
+TOKEN_SHAPE = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options (argparse would take --token for --token-file and read
+    the secret as a file name), and no bootstrap token echoed back in an error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        super().error(TOKEN_SHAPE.sub("<redacted token>", message))
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kubeca", description="Kubernetes certificates from an HSM-backed CA"
-    )
+    parser = _Parser(prog="kubeca", description="Kubernetes certificates from an HSM-backed CA")
     parser.add_argument(
         "--config", help=f"client config (TOML); default: ${CONFIG_ENV}", default=None
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     issue.add_commands(commands)
     layout.add_commands(commands)
     tokens.add_commands(commands)
+    ledger.add_commands(commands)
     return parser
 
 

@@ -50,6 +50,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
             csr,
             params,
             int(lifetime.total_seconds()) if lifetime else 0,
+            force_new=args.new,
         )
     # The key is written before the certificate, so a certificate never exists
     # on disk without its key.
@@ -64,8 +65,9 @@ def cmd_issue(args: argparse.Namespace) -> int:
     atomic_write(args.cert_out, issued.certificate_pem.encode(), PUBLIC)
     if args.ca_out:
         atomic_write(args.ca_out, issued.ca_certificate_pem.encode(), PUBLIC)
+    verb = "reused" if issued.reused else "issued"
     print(
-        f"issued {args.profile} by {issued.authority}: serial {issued.serial}, "
+        f"{verb} {args.profile} by {issued.authority}: serial {issued.serial}, "
         f"expires {issued.not_after:%Y-%m-%d %H:%M}Z -> {args.cert_out}"
     )
     return 0
@@ -137,6 +139,9 @@ def add_commands(commands: Any) -> None:
         help="ECDSA-P256 (default), ECDSA-P384, RSA-2048, RSA-3072, RSA-4096",
     )
     issue.add_argument("--lifetime", help="e.g. 24h, 90d (default: the profile's)")
+    issue.add_argument(
+        "--new", action="store_true", help="a new certificate even if an identical one is current"
+    )
     issue.set_defaults(run=cmd_issue)
 
     ca = commands.add_parser("ca", help="print the CA certificates (PEM)")

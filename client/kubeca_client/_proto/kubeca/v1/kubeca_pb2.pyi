@@ -47,6 +47,7 @@ class IssueCertificateRequest(_message.Message):
     CSR_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     LIFETIME_SECONDS_FIELD_NUMBER: _builtins.int
+    FORCE_NEW_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """Profile name, e.g. "apiserver", "etcd-server", "admin"."""
     csr: _builtins.bytes
@@ -55,6 +56,8 @@ class IssueCertificateRequest(_message.Message):
     """
     lifetime_seconds: _builtins.int
     """Requested lifetime; 0 means the profile's default. Never beyond the maximum."""
+    force_new: _builtins.bool
+    """Issue a new certificate even when an identical request already has a current one."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Profile parameters by snake_case name: node_name, advertise_address,
@@ -68,10 +71,11 @@ class IssueCertificateRequest(_message.Message):
         csr: _builtins.bytes = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         lifetime_seconds: _builtins.int = ...,
+        force_new: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "lifetime_seconds", b"lifetime_seconds", "parameters", b"parameters", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "force_new", b"force_new", "lifetime_seconds", b"lifetime_seconds", "parameters", b"parameters", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,6 +92,7 @@ class IssueCertificateResponse(_message.Message):
     NOT_AFTER_FIELD_NUMBER: _builtins.int
     FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
     AUTHORITY_FIELD_NUMBER: _builtins.int
+    REUSED_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
     ca_certificate_pem: _builtins.str
     serial: _builtins.str
@@ -96,6 +101,10 @@ class IssueCertificateResponse(_message.Message):
     """Lower-case hexadecimal SHA-256 of the certificate's DER."""
     authority: _builtins.str
     """The issuing CA: kubernetes-ca, etcd-ca or front-proxy-ca."""
+    reused: _builtins.bool
+    """True when an identical earlier request's certificate, still outside its renewal
+    window, was returned instead of a new signature.
+    """
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -110,10 +119,11 @@ class IssueCertificateResponse(_message.Message):
         not_after: _timestamp_pb2.Timestamp | None = ...,
         fingerprint_sha256: _builtins.str = ...,
         authority: _builtins.str = ...,
+        reused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "reused", b"reused", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,3 +504,209 @@ class RevokeBootstrapTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeBootstrapTokenResponse: _TypeAlias = RevokeBootstrapTokenResponse  # noqa: Y015
+
+@_typing.final
+class RevokeCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """Lower-case hexadecimal, as IssueCertificateResponse.serial."""
+    reason: _builtins.str
+    """An RFC 5280 reason name: unspecified, key_compromise, affiliation_changed,
+    superseded, cessation_of_operation, certificate_hold, privilege_withdrawn.
+    """
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCertificateRequest: _TypeAlias = RevokeCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RevokeCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    CRL_NUMBER_FIELD_NUMBER: _builtins.int
+    authority: _builtins.str
+    crl_number: _builtins.int
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        authority: _builtins.str = ...,
+        crl_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "crl_number", b"crl_number", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCertificateResponse: _TypeAlias = RevokeCertificateResponse  # noqa: Y015
+
+@_typing.final
+class GetCRLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    authority: _builtins.str
+    def __init__(
+        self,
+        *,
+        authority: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCRLRequest: _TypeAlias = GetCRLRequest  # noqa: Y015
+
+@_typing.final
+class GetCRLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRL_DER_FIELD_NUMBER: _builtins.int
+    CRL_NUMBER_FIELD_NUMBER: _builtins.int
+    THIS_UPDATE_FIELD_NUMBER: _builtins.int
+    NEXT_UPDATE_FIELD_NUMBER: _builtins.int
+    crl_der: _builtins.bytes
+    crl_number: _builtins.int
+    @_builtins.property
+    def this_update(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_update(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        crl_der: _builtins.bytes = ...,
+        crl_number: _builtins.int = ...,
+        this_update: _timestamp_pb2.Timestamp | None = ...,
+        next_update: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_update", b"next_update", "this_update", b"this_update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl_der", b"crl_der", "crl_number", b"crl_number", "next_update", b"next_update", "this_update", b"this_update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCRLResponse: _TypeAlias = GetCRLResponse  # noqa: Y015
+
+@_typing.final
+class ListCertificatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    EXPIRING_WITHIN_SECONDS_FIELD_NUMBER: _builtins.int
+    REVOKED_ONLY_FIELD_NUMBER: _builtins.int
+    authority: _builtins.str
+    profile: _builtins.str
+    expiring_within_seconds: _builtins.int
+    """Only certificates expiring within this many seconds from now; 0 for all."""
+    revoked_only: _builtins.bool
+    def __init__(
+        self,
+        *,
+        authority: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        expiring_within_seconds: _builtins.int = ...,
+        revoked_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "expiring_within_seconds", b"expiring_within_seconds", "profile", b"profile", "revoked_only", b"revoked_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCertificatesRequest: _TypeAlias = ListCertificatesRequest  # noqa: Y015
+
+@_typing.final
+class CertificateRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SANS_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    authority: _builtins.str
+    profile: _builtins.str
+    subject: _builtins.str
+    caller: _builtins.str
+    revoked: _builtins.bool
+    revocation_reason: _builtins.str
+    fingerprint_sha256: _builtins.str
+    @_builtins.property
+    def sans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        authority: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        sans: _abc.Iterable[_builtins.str] | None = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        caller: _builtins.str = ...,
+        revoked: _builtins.bool = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        revocation_reason: _builtins.str = ...,
+        fingerprint_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "caller", b"caller", "fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "profile", b"profile", "revocation_reason", b"revocation_reason", "revoked", b"revoked", "revoked_at", b"revoked_at", "sans", b"sans", "serial", b"serial", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateRecord: _TypeAlias = CertificateRecord  # noqa: Y015
+
+@_typing.final
+class ListCertificatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateRecord]: ...
+    def __init__(
+        self,
+        *,
+        certificates: _abc.Iterable[Global___CertificateRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCertificatesResponse: _TypeAlias = ListCertificatesResponse  # noqa: Y015

@@ -66,6 +66,21 @@ class CertificateAuthorityStub:
                 request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenRequest.SerializeToString,
                 response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenResponse.FromString,
                 _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/kubeca.v1.CertificateAuthority/RevokeCertificate',
+                request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetCRL = channel.unary_unary(
+                '/kubeca.v1.CertificateAuthority/GetCRL',
+                request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.GetCRLRequest.SerializeToString,
+                response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.GetCRLResponse.FromString,
+                _registered_method=True)
+        self.ListCertificates = channel.unary_unary(
+                '/kubeca.v1.CertificateAuthority/ListCertificates',
+                request_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListCertificatesRequest.SerializeToString,
+                response_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListCertificatesResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -116,6 +131,28 @@ class CertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeCertificate(self, request, context):
+        """Marks an issued certificate revoked and publishes its CA's new CRL (operators
+        with a revoke grant). kube-apiserver checks no CRL: only etcd enforces this.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCRL(self, request, context):
+        """The current DER CRL of one CA, signed in the HSM. Anyone may read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCertificates(self, request, context):
+        """What the CA issued: the inventory, filtered (operators).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +185,21 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.RevokeBootstrapToken,
                     request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenRequest.FromString,
                     response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeCertificateResponse.SerializeToString,
+            ),
+            'GetCRL': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCRL,
+                    request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.GetCRLRequest.FromString,
+                    response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.GetCRLResponse.SerializeToString,
+            ),
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListCertificatesRequest.FromString,
+                    response_serializer=kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListCertificatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +366,87 @@ class CertificateAuthority:
             '/kubeca.v1.CertificateAuthority/RevokeBootstrapToken',
             kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenRequest.SerializeToString,
             kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeBootstrapTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubeca.v1.CertificateAuthority/RevokeCertificate',
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeCertificateRequest.SerializeToString,
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.RevokeCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCRL(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubeca.v1.CertificateAuthority/GetCRL',
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.GetCRLRequest.SerializeToString,
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.GetCRLResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubeca.v1.CertificateAuthority/ListCertificates',
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListCertificatesRequest.SerializeToString,
+            kubeca__client_dot___proto_dot_kubeca_dot_v1_dot_kubeca__pb2.ListCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,14 @@ class CertificateAuthorityStub:
     """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
     RevokeBootstrapToken: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeBootstrapTokenRequest, _kubeca_pb2.RevokeBootstrapTokenResponse]
     """Makes a token unusable at once."""
+    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeCertificateRequest, _kubeca_pb2.RevokeCertificateResponse]
+    """Marks an issued certificate revoked and publishes its CA's new CRL (operators
+    with a revoke grant). kube-apiserver checks no CRL: only etcd enforces this.
+    """
+    GetCRL: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.GetCRLRequest, _kubeca_pb2.GetCRLResponse]
+    """The current DER CRL of one CA, signed in the HSM. Anyone may read it."""
+    ListCertificates: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.ListCertificatesRequest, _kubeca_pb2.ListCertificatesResponse]
+    """What the CA issued: the inventory, filtered (operators)."""
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -71,6 +79,14 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
     RevokeBootstrapToken: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeBootstrapTokenRequest, _kubeca_pb2.RevokeBootstrapTokenResponse]  # type: ignore[assignment]
     """Makes a token unusable at once."""
+    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeCertificateRequest, _kubeca_pb2.RevokeCertificateResponse]  # type: ignore[assignment]
+    """Marks an issued certificate revoked and publishes its CA's new CRL (operators
+    with a revoke grant). kube-apiserver checks no CRL: only etcd enforces this.
+    """
+    GetCRL: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.GetCRLRequest, _kubeca_pb2.GetCRLResponse]  # type: ignore[assignment]
+    """The current DER CRL of one CA, signed in the HSM. Anyone may read it."""
+    ListCertificates: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.ListCertificatesRequest, _kubeca_pb2.ListCertificatesResponse]  # type: ignore[assignment]
+    """What the CA issued: the inventory, filtered (operators)."""
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     """CertificateAuthority signs Kubernetes control-plane certificates under fixed
@@ -126,5 +142,31 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kubeca_pb2.RevokeBootstrapTokenResponse, _abc.Awaitable[_kubeca_pb2.RevokeBootstrapTokenResponse]]:
         """Makes a token unusable at once."""
+
+    @_abc_1.abstractmethod
+    def RevokeCertificate(
+        self,
+        request: _kubeca_pb2.RevokeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kubeca_pb2.RevokeCertificateResponse, _abc.Awaitable[_kubeca_pb2.RevokeCertificateResponse]]:
+        """Marks an issued certificate revoked and publishes its CA's new CRL (operators
+        with a revoke grant). kube-apiserver checks no CRL: only etcd enforces this.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCRL(
+        self,
+        request: _kubeca_pb2.GetCRLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kubeca_pb2.GetCRLResponse, _abc.Awaitable[_kubeca_pb2.GetCRLResponse]]:
+        """The current DER CRL of one CA, signed in the HSM. Anyone may read it."""
+
+    @_abc_1.abstractmethod
+    def ListCertificates(
+        self,
+        request: _kubeca_pb2.ListCertificatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kubeca_pb2.ListCertificatesResponse, _abc.Awaitable[_kubeca_pb2.ListCertificatesResponse]]:
+        """What the CA issued: the inventory, filtered (operators)."""
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
