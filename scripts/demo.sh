@@ -49,6 +49,7 @@ node_names = ["*"]
 san_dns = ["*"]
 san_cidrs = ["0.0.0.0/0", "::/0"]
 bootstrap_tokens = true
+revoke = true
 TOML
 
 "$bin/kubeca-server" --config "$var/kubeca.toml" init
@@ -128,3 +129,7 @@ if "$bin/kubeca" pki worker --node-name worker-1 --address 192.0.2.21 \
   echo "ERROR: a used token was accepted"; exit 1
 fi
 rm -f "$var/token.json" "$var/worker-1.token"
+echo
+echo "The ledger: every decision above is in a hash chain, checkpointed with an HSM signature:"
+"$bin/kubeca-server" --config "$var/kubeca.toml" audit checkpoint
+"$bin/kubeca-server" --config "$var/kubeca.toml" audit verify

@@ -22,6 +22,10 @@ def test_example_config_loads(path: Path) -> None:
     }
     assert config.hsm.pin_file is not None or config.hsm.pin_env is not None
     assert config.enable_super_admin is False
+    assert config.listen_bootstrap is not None
+    assert config.grants, "an example config shows at least one grant"
+    for grant in config.grants.values():
+        assert "super-admin" not in grant.profiles
 
 
 def test_there_are_examples_for_softhsm_and_a_hardware_hsm() -> None:
