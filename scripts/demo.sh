@@ -21,6 +21,7 @@ cat > "$var/kubeca.toml" <<TOML
 # Operators call the mutual-TLS port; nodes with bootstrap tokens call the bootstrap port.
 listen = "127.0.0.1:$port"
 listen_bootstrap = "127.0.0.1:$bootstrap_port"
+metrics_listen = "127.0.0.1:$(free_port)"
 state_dir = "state"
 audit_log = "state/audit.log"
 

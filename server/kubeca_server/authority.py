@@ -414,7 +414,8 @@ class Authority:
                 )
             if self._store is None:
                 raise NotFound("this server keeps no inventory")
-            normalized = serial.strip().lower().removeprefix("0x").replace(":", "")
+            # As issue prints it, or as openssl prints it (upper case, zero-padded).
+            normalized = serial.strip().lower().removeprefix("0x").replace(":", "").lstrip("0")
             row = self._store.find_certificate(normalized)
             if row is None:
                 raise NotFound(f"no certificate with serial {serial[:64]!r} was issued here")

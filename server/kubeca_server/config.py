@@ -100,6 +100,7 @@ class ServerConfig:
     path: Path
     listen: str
     listen_bootstrap: str | None
+    metrics_listen: str | None
     state_dir: Path
     audit_log: Path
     max_request_bytes: int
@@ -125,6 +126,10 @@ class ServerConfig:
     @property
     def crl_dir(self) -> Path:
         return self.state_dir / "crl"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.state_dir / "metrics"
 
 
 class _Table:
@@ -211,6 +216,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
             "leaf",
             "profiles",
             "listen_bootstrap",
+            "metrics_listen",
             "tls",
             "grants",
         },
@@ -223,6 +229,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
     listen = top.string("listen", "127.0.0.1:7443")
     if ":" not in listen:
         raise ConfigError("listen must be HOST:PORT, e.g. 127.0.0.1:7443")
+    metrics_listen = top.optional_string("metrics_listen")
+    if metrics_listen is not None and ":" not in metrics_listen:
+        raise ConfigError("metrics_listen must be HOST:PORT, e.g. 127.0.0.1:9464")
     listen_bootstrap = top.optional_string("listen_bootstrap")
     if listen_bootstrap is not None and (":" not in listen_bootstrap or listen_bootstrap == listen):
         raise ConfigError("listen_bootstrap must be HOST:PORT, a port other than listen's")
@@ -286,6 +295,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         path=path,
         listen=listen,
         listen_bootstrap=listen_bootstrap,
+        metrics_listen=metrics_listen,
         state_dir=state_dir,
         audit_log=audit_log,
         max_request_bytes=top.integer(

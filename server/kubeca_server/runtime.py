@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from kubeca_client.errors import ConfigError, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 
+from kubeca_server import metrics as metrics_module
 from kubeca_server.audit import AuditLog
 from kubeca_server.authorities import CertificateAuthority, init_authorities, load_authorities
 from kubeca_server.authority import Authority
@@ -37,6 +39,7 @@ from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
 from kubeca_server.ledger import Checkpoint, Verification, sign_checkpoint, verify
 from kubeca_server.lint import Linter
 from kubeca_server.logs import configure_logging
+from kubeca_server.metrics import Metrics
 from kubeca_server.service import (
     SERVICE_NAME,
     CertificateAuthorityService,
@@ -63,8 +66,11 @@ CRASH_WINDOW_SECONDS = 60.0
 MAX_CRASHES_IN_WINDOW = 5
 
 
-def open_backend(config: ServerConfig) -> Pkcs11Backend:
-    return Pkcs11Backend(config.hsm.module, config.hsm.token_label, config.hsm.read_pin())
+def open_backend(config: ServerConfig, metrics: Metrics | None = None) -> Pkcs11Backend:
+    on_sign = metrics.hsm_sign if metrics is not None else (lambda seconds: None)
+    return Pkcs11Backend(
+        config.hsm.module, config.hsm.token_label, config.hsm.read_pin(), on_sign=on_sign
+    )
 
 
 def run_init(config: ServerConfig) -> list[str]:
@@ -132,8 +138,12 @@ class Maintenance:
         store: SQLiteStore,
         audit: AuditLog,
         service_ca: CertificateAuthority,
+        authorities: Mapping[str, CertificateAuthority],
+        metrics: Metrics,
         interval: float = MAINTENANCE_SECONDS,
     ) -> None:
+        self._authorities = dict(authorities)
+        self._metrics = metrics
         self._crls = crls
         self._store = store
         self._audit = audit
@@ -150,9 +160,16 @@ class Maintenance:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
+    def observe_expiry(self) -> None:
+        now = datetime.now(UTC)
+        for ca in (*self._authorities.values(), self._service_ca):
+            left = (ca.certificate.not_valid_after_utc - now).total_seconds()
+            self._metrics.ca_expiry(ca.name, left)
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
+                self.observe_expiry()
                 self._crls.refresh_all()
                 checkpoint(self._store, self._audit, self._service_ca, CHECKPOINT_SECONDS)
             except Exception:
@@ -233,7 +250,8 @@ class Worker:
 
 
 def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
-    backend = open_backend(config)
+    metrics = Metrics(enabled=config.metrics_listen is not None)
+    backend = open_backend(config, metrics)
     authorities = load_authorities(config, backend)
     service_ca = authorities.pop(SERVICE_CA)
     tls = load_server_credentials(config, service_ca)
@@ -248,7 +266,7 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
         store=store,
         enable_super_admin=config.enable_super_admin,
     )
-    monitor = HealthMonitor(backend.probe)
+    monitor = HealthMonitor(backend.probe, on_change=metrics.hsm_up)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
         options=[
@@ -265,6 +283,7 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
         crls,
         monitor,
         service_ca.ca_cert_hash,
+        metrics,
     )
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
@@ -284,7 +303,8 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
     )
     if config.listen_bootstrap:
         _bind(server, config.listen_bootstrap, grpc.ssl_server_credentials(pair))
-    maintenance = Maintenance(crls, store, audit, service_ca)
+    maintenance = Maintenance(crls, store, audit, service_ca, authorities, metrics)
+    maintenance.observe_expiry()
     crls.refresh_all()
     monitor.start()
     maintenance.start()
@@ -330,6 +350,17 @@ def _worker_main(config_path: str) -> None:
 
 def serve(config: ServerConfig, workers: int) -> None:
     check_startup(config)
+    if config.metrics_listen is not None:
+        # Before any worker exists (or this process records anything): they all share
+        # the directory the /metrics endpoint here reads.
+        metrics_module.prepare(config.metrics_dir)
+        try:
+            metrics_module.serve(config.metrics_listen)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics_listen: cannot bind {config.metrics_listen} ({exc})"
+            ) from None
+        log.info("server.metrics", listen=config.metrics_listen)
     if workers == 1:
         _serve_one(config.path, reuse_port=False)
         return
@@ -371,6 +402,8 @@ def _supervise(config: ServerConfig, count: int) -> None:
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < CRASH_WINDOW_SECONDS] + [now]
             log.error("server.worker_died", worker=index, exitcode=process.exitcode)
+            if process.pid is not None:
+                metrics_module.worker_exited(process.pid)
             if len(deaths) > MAX_CRASHES_IN_WINDOW:
                 # Something is wrong that restarting will not fix; let the service
                 # manager see the failure instead of spinning.

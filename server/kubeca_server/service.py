@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -28,7 +29,8 @@ from kubeca_client.errors import InvalidArgument, KubecaError, Unauthenticated, 
 
 from kubeca_server.authority import ANONYMOUS, OPERATOR, TOKEN, Authority, Caller, IssueRequest
 from kubeca_server.crl import CRLPublisher, parse_reason
-from kubeca_server.profiles import EKU_NAMES, LEAF_KEY_USAGES
+from kubeca_server.metrics import Metrics
+from kubeca_server.profiles import EKU_NAMES, LEAF_KEY_USAGES, PROFILES
 from kubeca_server.store import CertificateRow, TokenRecord
 from kubeca_server.token_admin import TokenAdmin
 from kubeca_server.tokens import TokenRequest
@@ -83,9 +85,15 @@ def _timestamp(moment: datetime) -> Timestamp:
 class HealthMonitor:
     """Keeps grpc.health.v1 in step with the HSM: NOT_SERVING while it is unreachable."""
 
-    def __init__(self, probe: Callable[[], None], interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        probe: Callable[[], None],
+        on_change: Callable[[bool], None] = lambda serving: None,
+        interval: float = 5.0,
+    ) -> None:
         self.servicer = health.HealthServicer()
         self._probe = probe
+        self._on_change = on_change
         self._interval = interval
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -131,6 +139,7 @@ class HealthMonitor:
         )
         for name in ("", SERVICE_NAME):
             self.servicer.set(name, status)
+        self._on_change(serving)
         if serving:
             log.info("health.serving")
         else:
@@ -152,7 +161,9 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
         crls: CRLPublisher,
         health_monitor: HealthMonitor,
         service_ca_hash: str,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._authority = authority
         self._tokens = tokens
         self._crls = crls
@@ -160,14 +171,22 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
         self._service_ca_hash = service_ca_hash
 
     @contextmanager
-    def _mapped_errors(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    def _mapped_errors(
+        self, context: grpc.ServicerContext, method: str, profile: str = ""
+    ) -> Iterator[None]:
+        started = time.perf_counter()
         try:
             yield
         except KubecaError as exc:
             if isinstance(exc, Unavailable):
                 self._health.recheck_soon()
+            # Only known profile names become labels: a hostile name must not grow the
+            # number of time series without bound.
+            label = profile if profile in PROFILES else ("" if not profile else "unknown")
+            self._metrics.refused(method, label, exc.status)
             _abort(context, grpc.StatusCode[exc.status], exc.message)
         except Exception:
+            self._metrics.refused(method, "", "INTERNAL")
             incident = secrets.token_hex(6)
             log.exception("rpc.internal_error", method=method, incident=incident)
             _abort(
@@ -175,6 +194,8 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                 grpc.StatusCode.INTERNAL,
                 f"internal error (incident {incident}); the details are in the server log",
             )
+        finally:
+            self._metrics.request(method, time.perf_counter() - started)
 
     def refuse_undecodable(
         self, method: str, error: InvalidArgument, context: grpc.ServicerContext
@@ -187,7 +208,7 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
     def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> pb.IssueCertificateResponse:
-        with self._mapped_errors(context, "IssueCertificate"):
+        with self._mapped_errors(context, "IssueCertificate", request.profile):
             issued = self._authority.issue(
                 _caller(context),
                 IssueRequest(
@@ -199,6 +220,7 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
                 ),
             )
             certificate = issued.certificate
+            self._metrics.issued(issued.profile.name, issued.authority.name, issued.reused)
             return pb.IssueCertificateResponse(
                 certificate_pem=issued.certificate_pem,
                 ca_certificate_pem=issued.authority.certificate_pem,

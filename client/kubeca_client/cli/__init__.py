@@ -43,11 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_commands(commands)
     tokens.add_commands(commands)
     ledger.add_commands(commands)
+    commands.add_parser(
+        "terraform",
+        help="Terraform external data source program: JSON query on stdin, JSON on stdout",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments == ["terraform"]:
+        # Terraform's protocol owns stdin, stdout and the exit code; nothing else runs.
+        from kubeca_client import terraform
+
+        return terraform.main()
+    args = _parser().parse_args(arguments)
     try:
         code: int = args.run(args)
         return code

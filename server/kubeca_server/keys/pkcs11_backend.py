@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -117,7 +118,14 @@ def _public_der(public: Any) -> tuple[KeyType, bytes]:
 
 
 class Pkcs11Backend:
-    def __init__(self, module: str, token_label: str, pin: str) -> None:
+    def __init__(
+        self,
+        module: str,
+        token_label: str,
+        pin: str,
+        on_sign: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self._on_sign = on_sign
         self._module = module
         self._token_label = token_label
         self._pin = pin
@@ -316,11 +324,13 @@ class Pkcs11Backend:
                 digest = hashes.Hash(algorithm)
                 digest.update(data)
                 prehashed = digest.finalize()
+                started = time.perf_counter()
                 raw = self._run(
                     lambda s: bytes(
                         self._private_handle(s, label).sign(prehashed, mechanism=Mechanism.ECDSA)
                     )
                 )
+                self._on_sign(time.perf_counter() - started)
                 return bytes(encode_ecdsa_signature(raw))
 
             return HsmEcPrivateKey(label, public, sign_ec)
@@ -328,9 +338,12 @@ class Pkcs11Backend:
 
             def sign_rsa(data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
                 mechanism = _RSA_MECHANISMS[algorithm.name]
-                return self._run(
+                started = time.perf_counter()
+                signature = self._run(
                     lambda s: bytes(self._private_handle(s, label).sign(data, mechanism=mechanism))
                 )
+                self._on_sign(time.perf_counter() - started)
+                return signature
 
             return HsmRsaPrivateKey(label, public, sign_rsa)
         raise ConfigError(f"key {label!r} is of an unsupported type")
