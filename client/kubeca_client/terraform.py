@@ -43,10 +43,14 @@ QUERY_KEYS = {
 PARAMETER_PREFIX = "param_"  # flat form: param_node_name = "cp-1"
 
 
-def _query(stdin: IO[str]) -> dict[str, str]:
-    text = stdin.read(MAX_INPUT_BYTES + 1)
-    if len(text) > MAX_INPUT_BYTES:
+def _query(stdin: IO[bytes]) -> dict[str, str]:
+    data = stdin.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
         raise InvalidArgument("the query on stdin is larger than 1 MiB")
+    try:
+        text = data.decode("utf-8")  # what Terraform sends, whatever the locale says
+    except UnicodeDecodeError:
+        raise InvalidArgument("stdin is not UTF-8") from None
     try:
         query = json.loads(text) if text.strip() else {}
     except ValueError as exc:
@@ -99,6 +103,14 @@ def _timeout(query: Mapping[str, str]) -> float:
 
 def _config(query: Mapping[str, str], timeout: float) -> ClientConfig:
     if query.get("client_config"):
+        given = [k for k in ("ca_file", "ca_cert_hash", "cert_file", "key_file") if query.get(k)]
+        if given:
+            # Two sources of trust must not meet silently: a pin beside a config file
+            # would otherwise be ignored.
+            raise InvalidArgument(
+                f"client_config already says how to trust and whom to present; "
+                f"remove {', '.join(given)} from the query, or client_config"
+            )
         loaded = load_client_config(Path(query["client_config"]))
         return ClientConfig(
             address=query.get("server") or loaded.address,
@@ -121,7 +133,7 @@ def _config(query: Mapping[str, str], timeout: float) -> ClientConfig:
         address=server,
         timeout_seconds=timeout,
         ca_file=Path(ca_file) if ca_file else None,
-        ca_cert_hash=parse_pin(pin) if pin else None,
+        ca_cert_hash=parse_pin(pin, "ca_cert_hash") if pin else None,
         cert_file=Path(cert_file),
         key_file=Path(key_file),
     )
@@ -157,10 +169,10 @@ def run(query: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
+def main(stdin: IO[bytes] | None = None, stdout: IO[str] = sys.stdout) -> int:
     """The whole external program; returns the exit code."""
     try:
-        result = run(_query(stdin))
+        result = run(_query(stdin if stdin is not None else sys.stdin.buffer))
     except KubecaError as exc:
         sys.stderr.write(f"kubeca terraform: {_one_line(exc.message)}\n")
         return exc.exit_code

@@ -29,10 +29,10 @@ def spki_hash(certificate: x509.Certificate) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
-def parse_pin(text: str) -> str:
+def parse_pin(text: str, what: str = "--ca-cert-hash") -> str:
     pin = text.strip().lower()
     if not PIN.fullmatch(pin):
-        raise InvalidArgument(f"--ca-cert-hash {text!r} is not sha256:<64 hex digits>")
+        raise InvalidArgument(f"{what} {text[:80]!r} is not sha256:<64 hex digits>")
     return pin
 
 
@@ -93,6 +93,6 @@ def pinned_ca(address: str, pin: str, timeout: float) -> bytes:
         return candidate.public_bytes(Encoding.PEM)
     seen = ", ".join(spki_hash(c) for c in rest) or "none"
     raise Unauthenticated(
-        f"the service CA does not match --ca-cert-hash: expected {pin}, the server at "
+        f"the service CA does not match the pinned hash: expected {pin}, the server at "
         f"{address} presented {seen}"
     )
