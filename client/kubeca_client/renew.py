@@ -96,7 +96,11 @@ def renew_layout(
             continue
         if not reuse_key:
             key = generate_private_key(algorithm_of(key))
-        pending.append(Pending(slot, build_csr(key), encode_key(key), new_key=not reuse_key))
+        # The same key asks the same question: without force_new the server's
+        # idempotency would hand back the certificate being renewed.
+        pending.append(
+            Pending(slot, build_csr(key), encode_key(key), new_key=not reuse_key, force_new=True)
+        )
     if problems:
         raise LayoutError("nothing was renewed: " + "; ".join(problems))
     finish(client, root, cas, slots, pending, manifest, report)

@@ -153,6 +153,7 @@ class Pending:
     csr: bytes
     key_pem: bytes
     new_key: bool  # False when the key already sits on disk and stays as it is
+    force_new: bool = False  # a renewal wants a new certificate, even for the same key
 
 
 def prepare_root(root: Path) -> None:
@@ -250,7 +251,11 @@ def issue_all(
     for item in pending:
         try:
             issued = client.issue_certificate(
-                item.slot.profile, item.csr, item.slot.parameters, item.slot.lifetime_seconds
+                item.slot.profile,
+                item.csr,
+                item.slot.parameters,
+                item.slot.lifetime_seconds,
+                force_new=item.force_new,
             )
         except PermissionDenied as exc:
             if item.slot.kubeconfig is SUPER_ADMIN:

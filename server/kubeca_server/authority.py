@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,8 @@ from kubeca_server.store import CertificateRow, Store, TokenRecord
 log = structlog.get_logger("kubeca.authority")
 
 MAX_PARAMETERS = 32
+CLAIM_WAIT_SECONDS = 10.0
+CLAIM_POLL_SECONDS = 0.02
 OPERATOR, TOKEN, ANONYMOUS = "operator", "token", "anonymous"
 
 
@@ -202,17 +205,8 @@ class Authority:
         }
         try:
             issued = self._decide(caller, request, record)
-            if issued.reused:
-                self._audit.record(
-                    "certificate.reused",
-                    outcome="reused",
-                    authority=issued.authority.name,
-                    serial=issued.serial_hex,
-                    fingerprint_sha256=issued.fingerprint_sha256,
-                    **record,
-                )
-                return issued
         except KubecaError as exc:
+            self._release_claim(record)
             self._audit.record(
                 "certificate.refused",
                 "warning",
@@ -223,6 +217,7 @@ class Authority:
             )
             raise
         except Exception:
+            self._release_claim(record)
             log.exception("issue.failed", profile=record["profile"])
             self._audit.record(
                 "certificate.refused",
@@ -233,9 +228,35 @@ class Authority:
                 **record,
             )
             raise
+        claimed = bool(record.pop("claimed", False))
+        if issued.reused:
+            self._audit.record(
+                "certificate.reused",
+                outcome="reused",
+                authority=issued.authority.name,
+                serial=issued.serial_hex,
+                fingerprint_sha256=issued.fingerprint_sha256,
+                **record,
+            )
+            return issued
+        # The record, and the inventory row in the same transaction (which also ends
+        # the claim), must be durable before the certificate leaves: AuditLog.record
+        # raises when it cannot.
+        try:
+            self._write_issued(issued, record)
+        except BaseException:
+            if claimed and self._store is not None:
+                self._store.release_claim(record["request_fingerprint"])
+            raise
+        return issued
+
+    def _release_claim(self, record: dict[str, Any]) -> None:
+        """Give up a claim taken in _decide, so identical requests need not wait it out."""
+        if record.pop("claimed", False) and self._store is not None:
+            self._store.release_claim(record["request_fingerprint"])
+
+    def _write_issued(self, issued: IssuedCertificate, record: dict[str, Any]) -> None:
         masters = issued.profile.grants_system_masters
-        # The record, and the inventory row in the same transaction, must be durable
-        # before the certificate leaves: AuditLog.record raises when it cannot.
         self._audit.record(
             "certificate.issued",
             "critical" if masters else "info",
@@ -250,7 +271,6 @@ class Authority:
             certificate=self._inventory_row(issued, record) if self._store else None,
             **record,
         )
-        return issued
 
     def _inventory_row(self, issued: IssuedCertificate, record: dict[str, Any]) -> CertificateRow:
         certificate = issued.certificate
@@ -320,10 +340,11 @@ class Authority:
         if self._store is not None and permit.token is None and not request.force_new:
             # Idempotency: the same question again (Terraform asks on every plan) gets
             # the same answer while it is current, without a new HSM signature.
-            existing = self._store.reusable_certificate(record["request_fingerprint"], now)
+            existing = self._claim_or_reuse(record["request_fingerprint"])
             if existing is not None:
                 certificate = x509.load_pem_x509_certificate(existing.certificate_pem.encode())
                 return IssuedCertificate(certificate, authority, profile, reused=True)
+            record["claimed"] = True
         expiry = authority.certificate.not_valid_after_utc
         if expiry <= now:
             raise Unavailable(
@@ -344,6 +365,22 @@ class Authority:
                 self._release(permit.token, profile)
             raise
         return IssuedCertificate(certificate, authority, profile)
+
+    def _claim_or_reuse(self, fingerprint: str) -> CertificateRow | None:
+        """The current certificate for this request, or None once this caller holds the
+        claim to sign it. Identical requests that overlap wait here for the first one's
+        certificate instead of each signing their own."""
+        assert self._store is not None
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            outcome = self._store.claim_or_reuse(fingerprint, self._clock())
+            if isinstance(outcome, CertificateRow):
+                return outcome
+            if outcome:
+                return None
+            if time.monotonic() > deadline:
+                raise Unavailable("an identical request is still being issued; try again")
+            time.sleep(CLAIM_POLL_SECONDS)
 
     def _consume(self, token: TokenRecord, profile: Profile, now: datetime) -> None:
         """Use the token for this profile; of two concurrent uses, exactly one wins."""

@@ -109,22 +109,30 @@ class Verification:
     problems: list[str] = field(default_factory=list)
 
 
-def verify(
-    rows: list[ChainRow],
-    checkpoints: list[Checkpoint],
-    issued: list[tuple[str, int]],
-    service_ca_public_key: Any,
-) -> Verification:
-    """Walk the chain, check every checkpoint against it, and every inventory row
-    (serial, audit sequence number) against its audit record."""
-    result = Verification(len(rows), len(checkpoints), len(issued))
-    problems = result.problems
-    broken = first_broken_link(rows)
-    if broken is not None:
-        problems.append(f"chain broken at record {broken[0]}: {broken[1]}")
-    by_seq = {row.seq: row for row in rows}
+@dataclass(frozen=True)
+class InventoryEntry:
+    """What the inventory claims about one certificate, to hold against the chain."""
+
+    serial: str
+    audit_seq: int
+    fingerprint_sha256: str
+    revoked: bool
+
+
+def _parsed(row: ChainRow | None) -> dict[str, Any]:
+    try:
+        record = json.loads(row.record) if row is not None else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _checkpoint_problems(
+    checkpoints: list[Checkpoint], by_seq: dict[int, ChainRow], public_key: Any
+) -> list[str]:
+    problems = []
     for checkpoint in checkpoints:
-        if not checkpoint_is_genuine(checkpoint, service_ca_public_key):
+        if not checkpoint_is_genuine(checkpoint, public_key):
             problems.append(f"checkpoint at record {checkpoint.seq} has no valid signature")
         elif checkpoint.seq not in by_seq:
             problems.append(
@@ -136,12 +144,50 @@ def verify(
                 f"checkpoint at record {checkpoint.seq} does not match the chain "
                 "(history before it was rewritten)"
             )
-    for serial, seq in issued:
-        row = by_seq.get(seq)
-        try:
-            record = json.loads(row.record) if row is not None else {}
-        except ValueError:
-            record = {}
-        if record.get("event") != "certificate.issued" or record.get("serial") != serial:
-            problems.append(f"certificate {serial} has no matching audit record (record {seq})")
+    return problems
+
+
+def _inventory_problems(inventory: list[InventoryEntry], by_seq: dict[int, ChainRow]) -> list[str]:
+    revoked_in_chain = {
+        record.get("serial")
+        for record in map(_parsed, by_seq.values())
+        if record.get("event") == "certificate.revoked"
+    }
+    problems = []
+    for entry in inventory:
+        record = _parsed(by_seq.get(entry.audit_seq))
+        if record.get("event") != "certificate.issued" or record.get("serial") != entry.serial:
+            problems.append(
+                f"certificate {entry.serial} has no matching audit record "
+                f"(record {entry.audit_seq})"
+            )
+        elif record.get("fingerprint_sha256") != entry.fingerprint_sha256:
+            problems.append(
+                f"certificate {entry.serial} in the inventory is not the one record "
+                f"{entry.audit_seq} issued (fingerprints differ)"
+            )
+        if entry.revoked != (entry.serial in revoked_in_chain):
+            state = "revoked" if entry.revoked else "not revoked"
+            problems.append(
+                f"certificate {entry.serial} is {state} in the inventory, but the chain "
+                "says otherwise"
+            )
+    return problems
+
+
+def verify(
+    rows: list[ChainRow],
+    checkpoints: list[Checkpoint],
+    inventory: list[InventoryEntry],
+    service_ca_public_key: Any,
+) -> Verification:
+    """Walk the chain, check every checkpoint against it, and every inventory row
+    against the chain: its issued record, its certificate, its revocation."""
+    result = Verification(len(rows), len(checkpoints), len(inventory))
+    broken = first_broken_link(rows)
+    if broken is not None:
+        result.problems.append(f"chain broken at record {broken[0]}: {broken[1]}")
+    by_seq = {row.seq: row for row in rows}
+    result.problems += _checkpoint_problems(checkpoints, by_seq, service_ca_public_key)
+    result.problems += _inventory_problems(inventory, by_seq)
     return result

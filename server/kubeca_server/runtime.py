@@ -36,7 +36,13 @@ from kubeca_server.authority import Authority
 from kubeca_server.config import SERVICE_CA, ServerConfig, load_config
 from kubeca_server.crl import CRLPublisher
 from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
-from kubeca_server.ledger import Checkpoint, Verification, sign_checkpoint, verify
+from kubeca_server.ledger import (
+    Checkpoint,
+    InventoryEntry,
+    Verification,
+    sign_checkpoint,
+    verify,
+)
 from kubeca_server.lint import Linter
 from kubeca_server.logs import configure_logging
 from kubeca_server.metrics import Metrics
@@ -190,8 +196,15 @@ def checkpoint(
         return None
     previous = store.checkpoints()
     now = datetime.now(UTC)
+    # The checkpoint's own record follows it; nothing else new means nothing to sign.
+    only_its_record = (
+        bool(previous)
+        and head.seq == previous[-1].seq + 1
+        and '"event":"audit.checkpoint"' in head.record
+    )
     if previous and (
         previous[-1].seq == head.seq
+        or only_its_record
         or (now - previous[-1].signed_at).total_seconds() < min_age_seconds
     ):
         return None
@@ -211,8 +224,11 @@ def verify_audit(config: ServerConfig) -> Verification:
         except (OSError, ValueError):
             raise ConfigError(f"cannot read the service CA certificate {ca_path}") from None
         rows = list(store.chain())
-        issued = [(row.serial, row.audit_seq) for row in store.list_certificates()]
-        return verify(rows, store.checkpoints(), issued, service_ca.public_key())
+        inventory = [
+            InventoryEntry(r.serial, r.audit_seq, r.fingerprint_sha256, r.revoked_at is not None)
+            for r in store.list_certificates()
+        ]
+        return verify(rows, store.checkpoints(), inventory, service_ca.public_key())
     finally:
         store.close()
 

@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS certificates (
 );
 CREATE INDEX IF NOT EXISTS certificates_request ON certificates(request_fingerprint);
 CREATE INDEX IF NOT EXISTS certificates_authority ON certificates(authority, revoked_at);
+CREATE TABLE IF NOT EXISTS issuance_claims (
+    request_fingerprint  TEXT PRIMARY KEY,
+    claimed_at           REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq        INTEGER PRIMARY KEY,
     head_hash  TEXT NOT NULL,
@@ -76,6 +80,10 @@ CREATE TABLE IF NOT EXISTS bootstrap_token_uses (
     PRIMARY KEY (token_id, profile)
 );
 """
+
+
+# How long a claim on an idempotent request holds before it counts as abandoned.
+CLAIM_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,13 @@ class Store(Protocol):
     ) -> ChainRow:
         """Append ``record`` to the chain and, in the same transaction, the certificate
         it issues or the revocation (serial, when, reason) it records. Durable on return."""
+
+    def claim_or_reuse(self, request_fingerprint: str, now: datetime) -> CertificateRow | bool:
+        """For an idempotent request, atomically: the current certificate if there is
+        one; else True after claiming the request (this caller signs); else False while
+        another caller's claim on it is fresh (wait for its certificate)."""
+
+    def release_claim(self, request_fingerprint: str) -> None: ...
 
     def chain(self, after: int = 0) -> Iterator[ChainRow]: ...
 
@@ -238,6 +253,10 @@ class SQLiteStore:
             )
             if certificate is not None:
                 db.execute(
+                    "DELETE FROM issuance_claims WHERE request_fingerprint = ?",
+                    (certificate.request_fingerprint,),
+                )
+                db.execute(
                     "INSERT INTO certificates VALUES "
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                     (
@@ -266,6 +285,35 @@ class SQLiteStore:
                 if cursor.rowcount != 1:
                     raise NotFound(f"no unrevoked certificate with serial {serial[:40]}")
             return row
+
+    def claim_or_reuse(self, request_fingerprint: str, now: datetime) -> CertificateRow | bool:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT serial FROM certificates WHERE request_fingerprint = ? "
+                "AND revoked_at IS NULL AND ? < not_after - (not_after - not_before) / 3.0 "
+                "ORDER BY not_before DESC LIMIT 1",
+                (request_fingerprint, _ts(now)),
+            ).fetchone()
+            if row is None:
+                # A claim older than this is from a worker that died mid-request.
+                stale = _ts(now) - CLAIM_SECONDS
+                db.execute(
+                    "DELETE FROM issuance_claims WHERE request_fingerprint = ? AND claimed_at < ?",
+                    (request_fingerprint, stale),
+                )
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO issuance_claims VALUES (?, ?)",
+                    (request_fingerprint, _ts(now)),
+                )
+                return cursor.rowcount == 1
+        found = self.find_certificate(str(row[0]))
+        return found if found is not None else False
+
+    def release_claim(self, request_fingerprint: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM issuance_claims WHERE request_fingerprint = ?", (request_fingerprint,)
+            )
 
     def chain(self, after: int = 0) -> Iterator[ChainRow]:
         rows = self._read(
