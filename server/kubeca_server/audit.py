@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kubeca_client.errors import ConfigError, Unavailable
+from kubeca_client.errors import ConfigError, KubecaError, Unavailable
 
 from kubeca_server.store import CertificateRow, Store
 
@@ -94,6 +94,7 @@ class AuditLog:
         """Append one record durably (with ``certificate`` or ``revoke`` in the same
         transaction); return its sequence number (0 without a store), or raise."""
         fields["time"] = datetime.now(UTC).isoformat()
+        fields["worker"] = os.getpid()  # which process decided; workers share the chain
         seq = 0
         if self._store is not None:
             row = self._store.append_audit(
@@ -111,6 +112,27 @@ class AuditLog:
             # The chain holds the record already; the mirror catches up on the next line.
             structlog.get_logger("kubeca.audit").error("audit.mirror_failed", error=exc.strerror)
         return seq
+
+    def refused(self, event: str, error: BaseException, **fields: Any) -> int:
+        """The one way to record a refusal: the taxonomy's status and message, or, for
+        anything unexpected, "internal error" (the details belong in the server log)."""
+        if isinstance(error, KubecaError):
+            return self.record(
+                event,
+                "warning",
+                outcome="refused",
+                reason=error.message,
+                status=error.status,
+                **fields,
+            )
+        return self.record(
+            event,
+            "error",
+            outcome="error",
+            reason="internal error",
+            status="INTERNAL",
+            **fields,
+        )
 
     def close(self) -> None:
         self._sink.close()

@@ -8,7 +8,6 @@ is returned only after its record is on disk.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -180,16 +179,8 @@ class Authority:
 
     def record_refusal(self, caller: Caller, method: str, error: KubecaError) -> None:
         """Audit a request refused before it could be read (e.g. undecodable bytes)."""
-        self._audit.record(
-            "request.refused",
-            "warning",
-            outcome="refused",
-            method=method,
-            reason=error.message,
-            status=error.status,
-            caller=caller.identity,
-            peer=caller.peer,
-            worker=os.getpid(),
+        self._audit.refused(
+            "request.refused", error, method=method, caller=caller.identity, peer=caller.peer
         )
 
     def issue(self, caller: Caller, request: IssueRequest) -> IssuedCertificate:
@@ -201,32 +192,14 @@ class Authority:
                 k[:64]: v[:256] for k, v in list(request.parameters.items())[:MAX_PARAMETERS]
             },
             "lifetime_seconds": int(request.lifetime.total_seconds()) if request.lifetime else 0,
-            "worker": os.getpid(),
         }
         try:
             issued = self._decide(caller, request, record)
-        except KubecaError as exc:
+        except Exception as exc:
             self._release_claim(record)
-            self._audit.record(
-                "certificate.refused",
-                "warning",
-                outcome="refused",
-                reason=exc.message,
-                status=exc.status,
-                **record,
-            )
-            raise
-        except Exception:
-            self._release_claim(record)
-            log.exception("issue.failed", profile=record["profile"])
-            self._audit.record(
-                "certificate.refused",
-                "error",
-                outcome="error",
-                reason="internal error",
-                status="INTERNAL",
-                **record,
-            )
+            if not isinstance(exc, KubecaError):
+                log.exception("issue.failed", profile=record["profile"])
+            self._audit.refused("certificate.refused", exc, **record)
             raise
         claimed = bool(record.pop("claimed", False))
         if issued.reused:
@@ -471,14 +444,7 @@ class Authority:
                 **{**fields, "serial": normalized},
             )
         except KubecaError as exc:
-            self._audit.record(
-                "certificate.revoke_refused",
-                "warning",
-                outcome="refused",
-                reason=exc.message,
-                status=exc.status,
-                **fields,
-            )
+            self._audit.refused("certificate.revoke_refused", exc, **fields)
             raise
         revoked = self._store.find_certificate(normalized)
         assert revoked is not None

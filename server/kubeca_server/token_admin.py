@@ -7,7 +7,6 @@ addresses must all be ones the creator could have asked for itself.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,15 +52,8 @@ class TokenAdmin:
         try:
             action()
         except Exception as exc:
-            self._audit.record(
-                f"{event}.refused",
-                "warning",
-                outcome="refused",
-                reason=getattr(exc, "message", "internal error"),
-                caller=caller.identity,
-                peer=caller.peer,
-                worker=os.getpid(),
-                **fields,
+            self._audit.refused(
+                f"{event}.refused", exc, caller=caller.identity, peer=caller.peer, **fields
             )
             raise
 
@@ -106,7 +98,6 @@ class TokenAdmin:
             expires=record.expires_at.isoformat(),
             caller=caller.identity,
             peer=caller.peer,
-            worker=os.getpid(),
             **fields,
         )
         return token, record
@@ -135,5 +126,4 @@ class TokenAdmin:
             token_id=token_id,
             caller=caller.identity,
             peer=caller.peer,
-            worker=os.getpid(),
         )
