@@ -241,7 +241,9 @@ def _drive(client: Client, work: WorkQueue, barrier: threading.Barrier, out: Cli
     while (csr := work.take()) is not None:
         began = time.perf_counter()
         try:
-            client.issue_certificate(PROFILE, csr)
+            # force_new: the CSRs repeat across phases, and the ledger would otherwise
+            # answer repeats from the inventory without signing anything.
+            client.issue_certificate(PROFILE, csr, force_new=True)
         except KubecaError as exc:
             out.errors.append(f"{type(exc).__name__}: {exc.message}")
             continue
@@ -262,7 +264,7 @@ def connected_clients(
     try:
         # Untimed: connects each channel and warms each worker's one-off lint setup.
         for client in clients:
-            client.issue_certificate(PROFILE, warmup_csr)
+            client.issue_certificate(PROFILE, warmup_csr, force_new=True)
         yield clients
     finally:
         for client in clients:
