@@ -95,6 +95,9 @@ def main() -> int:
     parser.add_argument("--label", default="kubeca-dev")
     args = parser.parse_args()
     base: Path = args.dir.resolve()
+    # The directory holds the PIN files and the token: for its owner alone.
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base.chmod(0o700)
     (base / "tokens").mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = base / "softhsm2.conf"
     if not conf.exists():

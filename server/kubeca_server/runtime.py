@@ -412,8 +412,11 @@ def _supervise(config: ServerConfig, count: int) -> None:
             if process.is_alive():
                 continue
             if process.exitcode == ConfigError.exit_code:
+                # Restarting will not fix a configuration (or a refused PIN): stop, and
+                # exit with the failure so a service manager does not call it success.
                 log.error("server.worker_config_error", worker=index)
                 stopping.set()
+                failed = True
                 break
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < CRASH_WINDOW_SECONDS] + [now]

@@ -428,3 +428,16 @@ def test_a_private_key_without_its_public_object_is_not_taken_for_missing(
     status, message = outcome["error"]  # type: ignore[misc]
     assert status == "FAILED_PRECONDITION"
     assert "holds the private key 'kubeca/front-proxy-ca' but not its public key" in message
+
+
+def test_a_token_label_that_names_no_token_stops_the_server_as_a_config_error(
+    initialized: tuple[Token, Path], tmp_path: Path
+) -> None:
+    token, _ = initialized
+    wrong = Token(token.dir, "no-such-token")
+    config = write_server_config(tmp_path / "server", wrong)
+    result = run_server_cli(config, wrong, "init", check=False)
+    # 78, not 69: a service manager must not retry a setting forever.
+    assert result.returncode == 78
+    assert "no token labelled 'no-such-token'" in result.stderr
+    assert "Traceback" not in result.stderr

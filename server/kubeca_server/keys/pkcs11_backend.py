@@ -139,6 +139,9 @@ class Pkcs11Backend:
                 self._connect()
             except PIN_REFUSED as exc:
                 raise ConfigError(self._refuse_pin(exc)) from None
+            except pkcs11.exceptions.NoSuchToken as exc:
+                # At start a missing token is a setting to fix, not an outage to wait out.
+                raise ConfigError(self._describe(exc)) from None
             except pkcs11.exceptions.PKCS11Error as exc:
                 raise Unavailable(self._describe(exc)) from None
 
