@@ -14,6 +14,7 @@ timeout for the program, so every network call here is bounded.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,8 +150,8 @@ def run(query: Mapping[str, str]) -> dict[str, str]:
     if "CERTIFICATE REQUEST" not in csr:
         raise InvalidArgument("csr_pem must be a PEM certificate request")
     lifetime = query.get("lifetime", "")
-    if lifetime and not lifetime.isdigit():
-        raise InvalidArgument("lifetime must be a whole number of seconds")
+    if lifetime and not re.fullmatch(r"[0-9]{1,10}", lifetime):
+        raise InvalidArgument("lifetime must be a whole number of seconds (at most 10 digits)")
     parameters = _parameters(query)
     config = _config(query, _timeout(query))
     with Client.from_config(config) as client:

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from kubeca_client.errors import ConfigError, KubecaError, Unavailable
 
-from kubeca_server.store import CertificateRow, Store
+from kubeca_server.store import CertificateRow, Store, TokenRecord
 
 
 class DurableSink:
@@ -89,6 +89,7 @@ class AuditLog:
         *,
         certificate: CertificateRow | None = None,
         revoke: tuple[str, datetime, str] | None = None,
+        token: TokenRecord | None = None,
         **fields: Any,
     ) -> int:
         """Append one record durably (with ``certificate`` or ``revoke`` in the same
@@ -98,11 +99,11 @@ class AuditLog:
         seq = 0
         if self._store is not None:
             row = self._store.append_audit(
-                {"event": event, "level": severity, **fields}, certificate, revoke
+                {"event": event, "level": severity, **fields}, certificate, revoke, token
             )
             seq = row.seq
             fields.update(seq=row.seq, prev_hash=row.prev_hash, hash=row.hash)
-        elif certificate is not None or revoke is not None:
+        elif certificate is not None or revoke is not None or token is not None:
             raise AssertionError("an inventory change needs a store")
         try:
             getattr(self._log, severity)(event, **fields)
@@ -115,7 +116,9 @@ class AuditLog:
 
     def refused(self, event: str, error: BaseException, **fields: Any) -> int:
         """The one way to record a refusal: the taxonomy's status and message, or, for
-        anything unexpected, "internal error" (the details belong in the server log)."""
+        anything unexpected, "internal error" (the details belong in the server log).
+        The error is marked, so the service layer does not record it a second time."""
+        error.kubeca_audited = True  # type: ignore[attr-defined]
         if isinstance(error, KubecaError):
             return self.record(
                 event,

@@ -301,11 +301,18 @@ class Authority:
         sans = profile.sans(inputs)
         check_requested_subject(csr, subject)
         check_requested_sans(csr, sans)
-        lifetime = self._lifetime(request.lifetime, permit.grant)
+        ceiling = (
+            permit.grant.max_lifetime
+            if permit.grant is not None
+            else permit.token.max_lifetime
+            if permit.token is not None
+            else None
+        )
+        lifetime = self._lifetime(request.lifetime, ceiling)
         if permit.grant is not None:
             grants.check_request(permit.grant, profile, inputs, sans, lifetime)
         if permit.token is not None:
-            tokens.check_request(permit.token, profile, inputs, sans)
+            tokens.check_request(permit.token, profile, inputs, sans, lifetime)
             record["token_id"] = permit.token.token_id
         authority = self._authorities[profile.authority]
         now = self._clock()
@@ -365,11 +372,12 @@ class Authority:
         assert self._store is not None
         self._store.release_token(token.token_id, profile.name)
 
-    def _lifetime(self, requested: timedelta | None, grant: Grant | None) -> timedelta:
+    def _lifetime(self, requested: timedelta | None, ceiling: timedelta | None) -> timedelta:
         if requested is None:
-            # A grant's ceiling lowers the default too, so its callers need not say so.
+            # A grant's (or token's) ceiling lowers the default too, so callers need not
+            # say so.
             default = self._leaf.default_lifetime
-            return min(default, grant.max_lifetime) if grant is not None else default
+            return min(default, ceiling) if ceiling is not None else default
         if requested <= timedelta(0):
             raise InvalidArgument(
                 "lifetime must be positive (leave it 0 or unset for the profile's default)"
@@ -403,11 +411,13 @@ class Authority:
         expiring_within: timedelta | None = None,
         revoked_only: bool = False,
     ) -> list[CertificateRow]:
-        self._operator(caller)
+        grant = self._operator(caller)
         if self._store is None:
             return []
         before = self._clock() + expiring_within if expiring_within else None
-        return self._store.list_certificates(authority, profile, before, revoked_only)
+        rows = self._store.list_certificates(authority, profile, before, revoked_only)
+        # An operator sees what its grant could have issued, not the whole CA.
+        return [r for r in rows if grants.allows_profile(grant, PROFILES[r.profile])]
 
     def revoke(self, caller: Caller, serial: str, reason: str) -> CertificateRow:
         """Mark a certificate revoked, audited in the same transaction."""
@@ -429,6 +439,11 @@ class Authority:
             row = self._store.find_certificate(normalized)
             if row is None:
                 raise NotFound(f"no certificate with serial {serial[:64]!r} was issued here")
+            if not grants.allows_profile(grant, PROFILES[row.profile]):
+                raise PermissionDenied(
+                    f"grant {grant.identity!r} does not allow profile {row.profile}, so it "
+                    "may not revoke its certificates either"
+                )
             if row.revoked_at is not None:
                 raise InvalidArgument(f"certificate {normalized} was revoked already")
             now = self._clock()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 from kubeca_client.errors import InvalidArgument, KubecaError
+from kubeca_client.trust import parse_pin
 
 from kubeca_server.config import ServerConfig, load_config
 from kubeca_server.logs import configure_logging
@@ -38,8 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="the tamper-evident audit chain")
     audit_actions = audit.add_subparsers(dest="action", required=True)
-    audit_actions.add_parser(
+    verify = audit_actions.add_parser(
         "verify", help="walk the chain and its signed checkpoints; report the first break"
+    )
+    verify.add_argument(
+        "--service-ca-hash",
+        help="sha256:... of the service CA, as init printed it: the trust anchor, from "
+        "outside the state directory being checked",
     )
     audit_actions.add_parser("checkpoint", help="sign the chain's head now (HSM)")
 
@@ -69,7 +75,8 @@ def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
             else "nothing new to checkpoint"
         )
         return 0
-    result = verify_audit(config)
+    pin = parse_pin(args.service_ca_hash, "--service-ca-hash") if args.service_ca_hash else None
+    result = verify_audit(config, pin)
     print(
         f"{result.records} records, {result.checkpoints} signed checkpoints, "
         f"{result.certificates} certificates in the inventory"
@@ -79,6 +86,11 @@ def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
     if result.problems:
         return 1
     print("the audit chain verifies")
+    if not result.anchor_pinned:
+        print(
+            "note: the checkpoints' key was taken from the state directory itself; pass "
+            "--service-ca-hash (printed by init) so a replaced service CA is caught too"
+        )
     return 0
 
 

@@ -20,6 +20,8 @@ from kubeca_client.errors import ConfigError
 from kubeca_client.keys import KeyAlgorithm
 from kubeca_client.names import IPNetwork
 
+from kubeca_server.profiles import PROFILES
+
 AUTHORITY_NAMES = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
 # Signs the service's own TLS certificate and operator client certificates; never a
 # cluster certificate, and never trusted by the cluster.
@@ -328,9 +330,16 @@ def _grant(table: _Table, identity: str) -> Grant:
             cidrs.append(ipaddress.ip_network(text, strict=True))
         except ValueError:
             raise ConfigError(f"{table.key('san_cidrs')}: {text!r} is not a CIDR") from None
+    profiles = frozenset(table.strings("profiles"))
+    unknown = sorted(profiles - set(PROFILES) - {"*"})
+    if unknown:
+        raise ConfigError(
+            f"{table.key('profiles')}: no profile named {unknown[0]!r} (known: "
+            f"{', '.join(PROFILES)}, or '*')"
+        )
     return Grant(
         identity=identity,
-        profiles=frozenset(table.strings("profiles")),
+        profiles=profiles,
         node_names=table.strings("node_names"),
         san_dns=table.strings("san_dns"),
         san_cidrs=tuple(cidrs),

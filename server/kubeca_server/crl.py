@@ -8,6 +8,7 @@ checks no CRLs: for it, short certificate lifetimes are the only revocation.
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class CRLPublisher:
         authority = self._authority(name)
         with self._lock:
             now = datetime.now(UTC).replace(microsecond=0)
-            number = self._store.next_crl_number(name)
+            number, revoked = self._store.next_crl(name)
             builder = (
                 x509.CertificateRevocationListBuilder()
                 .issuer_name(authority.certificate.subject)
@@ -95,7 +96,7 @@ class CRLPublisher:
                     critical=False,
                 )
             )
-            for row in self._store.revoked(name):
+            for row in revoked:
                 assert row.revoked_at is not None
                 entry = (
                     x509.RevokedCertificateBuilder()
@@ -109,8 +110,7 @@ class CRLPublisher:
                 builder = builder.add_revoked_certificate(entry.build())
             crl = builder.sign(authority.key, signature_hash(authority.key))
             der = crl.public_bytes(Encoding.DER)
-            self._directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-            atomic_write(self.path(name), der, PUBLIC)
+            self._write_if_newer(name, der, number)
             self._audit.record(
                 "crl.generated",
                 authority=name,
@@ -120,17 +120,39 @@ class CRLPublisher:
             )
             return PublishedCRL(der, number, now, now + self._validity)
 
-    def current(self, name: str) -> PublishedCRL:
-        """The CRL on disk, or a new one when it is missing or half its validity is gone."""
-        self._authority(name)
+    def _on_disk(self, name: str) -> tuple[bytes, x509.CertificateRevocationList, int] | None:
         try:
             der = self.path(name).read_bytes()
             crl = x509.load_der_x509_crl(der)
-            next_update = crl.next_update_utc
             number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
         except (OSError, ValueError, x509.ExtensionNotFound):
+            return None
+        return der, crl, number
+
+    def _write_if_newer(self, name: str, der: bytes, number: int) -> None:
+        """Workers publish concurrently: under a file lock shared by all of them, a CRL
+        replaces the file only if its number is higher, so the file never goes back."""
+        self._directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with open(self._directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self._on_disk(name)
+            if current is None or current[2] < number:
+                atomic_write(self.path(name), der, PUBLIC)
+
+    def current(self, name: str) -> PublishedCRL:
+        """The CRL on disk; a new one when it is missing, half its validity is gone, or
+        the database has handed out a newer number (a publish that failed or lost)."""
+        self._authority(name)
+        found = self._on_disk(name)
+        if found is None:
             return self.publish(name)
-        if next_update is None or next_update - datetime.now(UTC) < self._validity / 2:
+        der, crl, number = found
+        next_update = crl.next_update_utc
+        if (
+            next_update is None
+            or next_update - datetime.now(UTC) < self._validity / 2
+            or number < self._store.crl_number(name)
+        ):
             return self.publish(name)
         return PublishedCRL(der, number, crl.last_update_utc, next_update)
 

@@ -71,8 +71,14 @@ def check_request(
             f"{who} does not allow node name {inputs.node_name!r} "
             f"(node_names: {', '.join(grant.node_names) or 'none'})"
         )
+    # A fixed name needs no grant only when the profile put it there; the same name
+    # asked for through a parameter is the caller's choice and is checked like any other.
+    supplied = inputs.extra_sans | inputs.control_plane_endpoint
+    supplied_ips = set(supplied.ips) | (
+        {inputs.advertise_address} if inputs.advertise_address else set()
+    )
     for name in sans.dns:
-        if name in FIXED_DNS or name == inputs.node_name:
+        if (name in FIXED_DNS and name not in supplied.dns) or name == inputs.node_name:
             continue
         if not _dns_allowed(grant, name):
             raise PermissionDenied(
@@ -80,7 +86,7 @@ def check_request(
                 f"{', '.join(grant.san_dns) or 'none'})"
             )
     for ip in sans.ips:
-        if ip in FIXED_IPS:
+        if ip in FIXED_IPS and ip not in supplied_ips:
             continue
         if not any(ip in network for network in grant.san_cidrs):
             raise PermissionDenied(

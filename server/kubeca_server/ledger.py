@@ -107,6 +107,7 @@ class Verification:
     checkpoints: int = 0
     certificates: int = 0
     problems: list[str] = field(default_factory=list)
+    anchor_pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class InventoryEntry:
     audit_seq: int
     fingerprint_sha256: str
     revoked: bool
+    pem_fingerprint_sha256: str = ""  # of the stored PEM itself, when known
 
 
 def _parsed(row: ChainRow | None) -> dict[str, Any]:
@@ -148,12 +150,13 @@ def _checkpoint_problems(
 
 
 def _inventory_problems(inventory: list[InventoryEntry], by_seq: dict[int, ChainRow]) -> list[str]:
-    revoked_in_chain = {
-        record.get("serial")
-        for record in map(_parsed, by_seq.values())
-        if record.get("event") == "certificate.revoked"
-    }
-    problems = []
+    records = [_parsed(row) for row in by_seq.values()]
+    revoked_in_chain = {r.get("serial") for r in records if r.get("event") == "certificate.revoked"}
+    issued_in_chain = {r.get("serial") for r in records if r.get("event") == "certificate.issued"}
+    problems = [
+        f"certificate {serial} was issued (per the chain) but is missing from the inventory"
+        for serial in sorted(issued_in_chain - {e.serial for e in inventory}, key=str)
+    ]
     for entry in inventory:
         record = _parsed(by_seq.get(entry.audit_seq))
         if record.get("event") != "certificate.issued" or record.get("serial") != entry.serial:
@@ -161,7 +164,10 @@ def _inventory_problems(inventory: list[InventoryEntry], by_seq: dict[int, Chain
                 f"certificate {entry.serial} has no matching audit record "
                 f"(record {entry.audit_seq})"
             )
-        elif record.get("fingerprint_sha256") != entry.fingerprint_sha256:
+        elif record.get("fingerprint_sha256") != entry.fingerprint_sha256 or (
+            entry.pem_fingerprint_sha256
+            and entry.pem_fingerprint_sha256 != entry.fingerprint_sha256
+        ):
             problems.append(
                 f"certificate {entry.serial} in the inventory is not the one record "
                 f"{entry.audit_seq} issued (fingerprints differ)"

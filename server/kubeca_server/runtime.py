@@ -23,6 +23,7 @@ from types import FrameType
 import grpc
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -31,7 +32,12 @@ from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 
 from kubeca_server import metrics as metrics_module
 from kubeca_server.audit import AuditLog
-from kubeca_server.authorities import CertificateAuthority, init_authorities, load_authorities
+from kubeca_server.authorities import (
+    CertificateAuthority,
+    init_authorities,
+    load_authorities,
+    spki_hash,
+)
 from kubeca_server.authority import Authority
 from kubeca_server.config import SERVICE_CA, ServerConfig, load_config
 from kubeca_server.crl import CRLPublisher
@@ -87,6 +93,10 @@ def run_init(config: ServerConfig) -> list[str]:
         report = init_authorities(config, backend, linter)
         service_ca = load_authorities(config, backend)[SERVICE_CA]
         report.append(ensure_server_certificate(config, service_ca, linter))
+        report.append(
+            f"kubeca-service-ca: {service_ca.ca_cert_hash} (keep it off this machine: "
+            "clients pin it, and 'audit verify --service-ca-hash' checks the ledger with it)"
+        )
         return report
     finally:
         backend.close()
@@ -214,9 +224,14 @@ def checkpoint(
     return signed
 
 
-def verify_audit(config: ServerConfig) -> Verification:
-    """Walk the chain and its checkpoints; needs the state directory, not the HSM."""
-    store = SQLiteStore(config.database)
+def verify_audit(config: ServerConfig, service_ca_hash: str | None) -> Verification:
+    """Walk the chain and its checkpoints; needs the state directory, not the HSM.
+
+    The checkpoints' signing key is trusted only as far as its certificate: read from
+    the very directory being checked unless ``service_ca_hash`` (which init prints, to
+    be kept elsewhere) pins it.
+    """
+    store = SQLiteStore(config.database, read_only=True)
     try:
         ca_path = config.ca_dir / f"{SERVICE_CA}.crt"
         try:
@@ -225,12 +240,35 @@ def verify_audit(config: ServerConfig) -> Verification:
             raise ConfigError(f"cannot read the service CA certificate {ca_path}") from None
         rows = list(store.chain())
         inventory = [
-            InventoryEntry(r.serial, r.audit_seq, r.fingerprint_sha256, r.revoked_at is not None)
+            InventoryEntry(
+                r.serial,
+                r.audit_seq,
+                r.fingerprint_sha256,
+                r.revoked_at is not None,
+                _pem_fingerprint(r.certificate_pem),
+            )
             for r in store.list_certificates()
         ]
-        return verify(rows, store.checkpoints(), inventory, service_ca.public_key())
+        result = verify(rows, store.checkpoints(), inventory, service_ca.public_key())
+        anchor = spki_hash(service_ca)
+        if service_ca_hash is not None and anchor != service_ca_hash:
+            result.problems.insert(
+                0,
+                f"the service CA in {ca_path} is not the one pinned: expected "
+                f"{service_ca_hash}, found {anchor} (checkpoints cannot be trusted)",
+            )
+        result.anchor_pinned = service_ca_hash is not None
+        return result
     finally:
         store.close()
+
+
+def _pem_fingerprint(pem: str) -> str:
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return "unreadable"
+    return certificate.fingerprint(hashes.SHA256()).hex()
 
 
 def checkpoint_now(config: ServerConfig) -> Checkpoint | None:

@@ -180,6 +180,8 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
         except KubecaError as exc:
             if isinstance(exc, Unavailable):
                 self._health.recheck_soon()
+            if not getattr(exc, "kubeca_audited", False):
+                self._audit_refusal(context, method, exc)
             # Only known profile names become labels: a hostile name must not grow the
             # number of time series without bound.
             label = profile if profile in PROFILES else ("" if not profile else "unknown")
@@ -197,11 +199,23 @@ class CertificateAuthorityService(pb_grpc.CertificateAuthorityServicer):
         finally:
             self._metrics.request(method, time.perf_counter() - started)
 
+    def _audit_refusal(
+        self, context: grpc.ServicerContext, method: str, error: KubecaError
+    ) -> None:
+        """Refusals decided here or in reads still leave their audit record."""
+        try:
+            caller = _caller(context)
+        except KubecaError:
+            caller = Caller("unidentified", context.peer(), ANONYMOUS)
+        try:
+            self._authority.record_refusal(caller, method, error)
+        except KubecaError:
+            log.error("audit.refusal_not_recorded", method=method, status=error.status)
+
     def refuse_undecodable(
         self, method: str, error: InvalidArgument, context: grpc.ServicerContext
     ) -> NoReturn:
         with self._mapped_errors(context, method):
-            self._authority.record_refusal(_caller(context), method, error)
             raise error
         raise AssertionError("unreachable: _mapped_errors aborts")
 

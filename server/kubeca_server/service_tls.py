@@ -29,6 +29,8 @@ from kubeca_server.lint import Linter
 from kubeca_server.profiles import OPERATOR, SERVICE_SERVER, Inputs, build_leaf
 from kubeca_server.serials import new_serial
 
+NEARS_EXPIRY = "it expires"
+
 
 @dataclass(frozen=True)
 class ServerCredentials:
@@ -60,9 +62,6 @@ def _current(config: ServerConfig, service_ca: CertificateAuthority, now: dateti
         cert.verify_directly_issued_by(service_ca.certificate)
     except (InvalidSignature, ValueError, TypeError):
         return "not signed by the current service CA"
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    if now >= cert.not_valid_after_utc - lifetime / 3:
-        return f"it expires {cert.not_valid_after_utc:%Y-%m-%d}"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     have = {
         *san.get_values_for_type(x509.DNSName),
@@ -70,6 +69,11 @@ def _current(config: ServerConfig, service_ca: CertificateAuthority, now: dateti
     }
     if have != _wanted_sans(config):
         return "tls.server_names changed"
+    if now >= cert.not_valid_after_utc:
+        return "it expired"
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if now >= cert.not_valid_after_utc - lifetime / 3:
+        return f"{NEARS_EXPIRY} {cert.not_valid_after_utc:%Y-%m-%d}"
     return None
 
 
@@ -108,7 +112,8 @@ def load_server_credentials(
 ) -> ServerCredentials:
     reason = _current(config, service_ca, datetime.now(UTC))
     key_path, cert_path = _paths(config)
-    if reason is not None and not reason.startswith("it expires"):
+    # Serving on in the renewal window is fine (init re-issues it); anything else is not.
+    if reason is not None and not reason.startswith(NEARS_EXPIRY):
         raise ConfigError(
             f"the server TLS certificate in {config.tls_dir} is unusable ({reason}); "
             f"run 'kubeca-server --config {config.path} init'"

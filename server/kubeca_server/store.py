@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS bootstrap_tokens (
     expires_at   REAL NOT NULL,  -- unix seconds
     created_by   TEXT NOT NULL,
     created_at   REAL NOT NULL,
-    revoked_at   REAL
+    revoked_at   REAL,
+    max_lifetime REAL NOT NULL DEFAULT 31536000  -- seconds: the creator's grant ceiling
 );
 CREATE TABLE IF NOT EXISTS audit_chain (
     seq        INTEGER PRIMARY KEY,
@@ -98,6 +99,7 @@ class TokenRecord:
     created_at: datetime
     used_profiles: tuple[str, ...] = ()
     revoked: bool = False
+    max_lifetime: timedelta = timedelta(days=365)
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,11 @@ class Store(Protocol):
         record: dict[str, Any],
         certificate: CertificateRow | None = None,
         revoke: tuple[str, datetime, str] | None = None,
+        token: TokenRecord | None = None,
     ) -> ChainRow:
         """Append ``record`` to the chain and, in the same transaction, the certificate
-        it issues or the revocation (serial, when, reason) it records. Durable on return."""
+        it issues, the revocation (serial, when, reason) or the bootstrap token it
+        records. Durable on return."""
 
     def claim_or_reuse(self, request_fingerprint: str, now: datetime) -> CertificateRow | bool:
         """For an idempotent request, atomically: the current certificate if there is
@@ -142,12 +146,6 @@ class Store(Protocol):
 
     def find_certificate(self, serial: str) -> CertificateRow | None: ...
 
-    def reusable_certificate(
-        self, request_fingerprint: str, now: datetime
-    ) -> CertificateRow | None:
-        """The newest unrevoked certificate for this exact request still outside its
-        renewal window (the last third of its lifetime), if any."""
-
     def list_certificates(
         self,
         authority: str = "",
@@ -156,15 +154,16 @@ class Store(Protocol):
         revoked_only: bool = False,
     ) -> list[CertificateRow]: ...
 
-    def revoked(self, authority: str) -> list[CertificateRow]: ...
+    def next_crl(self, authority: str) -> tuple[int, list[CertificateRow]]:
+        """A new CRL number and the revocations it must list, read in one transaction,
+        so a higher number never lists fewer revocations than a lower one."""
 
-    def next_crl_number(self, authority: str) -> int: ...
+    def crl_number(self, authority: str) -> int:
+        """The newest CRL number handed out for ``authority`` (0 before the first)."""
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
     def checkpoints(self) -> list[Checkpoint]: ...
-
-    def add_token(self, token: TokenRecord) -> None: ...
 
     def find_token(self, token_id: str) -> TokenRecord | None: ...
 
@@ -192,9 +191,21 @@ def _dt(seconds: float) -> datetime:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
+        if read_only:
+            # For checking: never create, migrate or write what is being examined.
+            if not path.is_file():
+                raise ConfigError(f"there is no state database at {path}")
+            try:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("SELECT count(*) FROM audit_chain").fetchone()
+            except sqlite3.Error as exc:
+                raise ConfigError(f"the state database {path} cannot be read ({exc})") from None
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below),
@@ -207,9 +218,19 @@ class SQLiteStore:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._db.executescript(SCHEMA)
+                self._migrate()
             path.chmod(0o600)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"the state database {path} cannot be opened ({exc})") from None
+
+    def _migrate(self) -> None:
+        """Bring a database made by an earlier version up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(bootstrap_tokens)")}
+        if "max_lifetime" not in columns:
+            self._db.execute(
+                "ALTER TABLE bootstrap_tokens "
+                "ADD COLUMN max_lifetime REAL NOT NULL DEFAULT 31536000"
+            )
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -239,6 +260,7 @@ class SQLiteStore:
         record: dict[str, Any],
         certificate: CertificateRow | None = None,
         revoke: tuple[str, datetime, str] | None = None,
+        token: TokenRecord | None = None,
     ) -> ChainRow:
         with self._write() as db:
             last = db.execute(
@@ -275,6 +297,8 @@ class SQLiteStore:
                         row.seq,
                     ),
                 )
+            if token is not None:
+                _insert_token(db, token)
             if revoke is not None:
                 serial, when, reason = revoke
                 cursor = db.execute(
@@ -334,41 +358,10 @@ class SQLiteStore:
 
     def _certificates(self, where: str, *args: object) -> list[CertificateRow]:
         rows = self._read(f"SELECT * FROM certificates {where}", *args)  # noqa: S608  # fixed clauses, bound values
-        return [
-            CertificateRow(
-                serial=str(r[0]),
-                authority=str(r[1]),
-                profile=str(r[2]),
-                subject=str(r[3]),
-                sans=tuple(json.loads(str(r[4]))),
-                public_key_sha256=str(r[5]),
-                fingerprint_sha256=str(r[6]),
-                not_before=_dt(float(r[7])),
-                not_after=_dt(float(r[8])),
-                caller=str(r[9]),
-                request_fingerprint=str(r[10]),
-                certificate_pem=str(r[11]),
-                audit_seq=int(r[12]),
-                revoked_at=_dt(float(r[13])) if r[13] is not None else None,
-                revocation_reason=str(r[14]) if r[14] is not None else None,
-            )
-            for r in rows
-        ]
+        return [_certificate_row(r) for r in rows]
 
     def find_certificate(self, serial: str) -> CertificateRow | None:
         found = self._certificates("WHERE serial = ?", serial)
-        return found[0] if found else None
-
-    def reusable_certificate(
-        self, request_fingerprint: str, now: datetime
-    ) -> CertificateRow | None:
-        # Outside the renewal window: now < not_after - (not_after - not_before) / 3.
-        found = self._certificates(
-            "WHERE request_fingerprint = ? AND revoked_at IS NULL "
-            "AND ? < not_after - (not_after - not_before) / 3.0 ORDER BY not_before DESC LIMIT 1",
-            request_fingerprint,
-            _ts(now),
-        )
         return found[0] if found else None
 
     def list_certificates(
@@ -392,22 +385,28 @@ class SQLiteStore:
             clauses.append("revoked_at IS NOT NULL")
         return self._certificates("WHERE " + " AND ".join(clauses) + " ORDER BY not_after", *args)
 
-    def revoked(self, authority: str) -> list[CertificateRow]:
-        return self._certificates(
-            "WHERE authority = ? AND revoked_at IS NOT NULL ORDER BY revoked_at", authority
-        )
-
-    def next_crl_number(self, authority: str) -> int:
+    def next_crl(self, authority: str) -> tuple[int, list[CertificateRow]]:
         with self._write() as db:
             db.execute(
                 "INSERT INTO crl_numbers VALUES (?, 1) "
                 "ON CONFLICT(authority) DO UPDATE SET number = number + 1",
                 (authority,),
             )
-            row = db.execute(
-                "SELECT number FROM crl_numbers WHERE authority = ?", (authority,)
-            ).fetchone()
-            return int(row[0])
+            number = int(
+                db.execute(
+                    "SELECT number FROM crl_numbers WHERE authority = ?", (authority,)
+                ).fetchone()[0]
+            )
+            rows = db.execute(
+                "SELECT * FROM certificates WHERE authority = ? AND revoked_at IS NOT NULL "
+                "ORDER BY revoked_at",
+                (authority,),
+            ).fetchall()
+        return number, [_certificate_row(r) for r in rows]
+
+    def crl_number(self, authority: str) -> int:
+        rows = self._read("SELECT number FROM crl_numbers WHERE authority = ?", authority)
+        return int(rows[0][0]) if rows else 0
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         with self._write() as db:
@@ -429,22 +428,6 @@ class SQLiteStore:
 
     # --- bootstrap tokens -------------------------------------------------------------
 
-    def add_token(self, token: TokenRecord) -> None:
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO bootstrap_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    token.token_id,
-                    token.secret_hash,
-                    json.dumps(list(token.profiles)),
-                    token.node_name,
-                    json.dumps(list(token.addresses)),
-                    _ts(token.expires_at),
-                    token.created_by,
-                    _ts(token.created_at),
-                ),
-            )
-
     def _token_from_row(self, row: tuple[Any, ...]) -> TokenRecord:
         token_id = str(row[0])
         used = self._read(
@@ -462,6 +445,7 @@ class SQLiteStore:
             created_at=_dt(float(row[7])),
             used_profiles=tuple(str(u[0]) for u in used),
             revoked=row[8] is not None,
+            max_lifetime=timedelta(seconds=float(row[9])),
         )
 
     def find_token(self, token_id: str) -> TokenRecord | None:
@@ -512,3 +496,40 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _certificate_row(r: tuple[Any, ...]) -> CertificateRow:
+    return CertificateRow(
+        serial=str(r[0]),
+        authority=str(r[1]),
+        profile=str(r[2]),
+        subject=str(r[3]),
+        sans=tuple(json.loads(str(r[4]))),
+        public_key_sha256=str(r[5]),
+        fingerprint_sha256=str(r[6]),
+        not_before=_dt(float(r[7])),
+        not_after=_dt(float(r[8])),
+        caller=str(r[9]),
+        request_fingerprint=str(r[10]),
+        certificate_pem=str(r[11]),
+        audit_seq=int(r[12]),
+        revoked_at=_dt(float(r[13])) if r[13] is not None else None,
+        revocation_reason=str(r[14]) if r[14] is not None else None,
+    )
+
+
+def _insert_token(db: sqlite3.Connection, token: TokenRecord) -> None:
+    db.execute(
+        "INSERT INTO bootstrap_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+        (
+            token.token_id,
+            token.secret_hash,
+            json.dumps(list(token.profiles)),
+            token.node_name,
+            json.dumps(list(token.addresses)),
+            _ts(token.expires_at),
+            token.created_by,
+            _ts(token.created_at),
+            token.max_lifetime.total_seconds(),
+        ),
+    )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubeca_client.errors import NotFound, PermissionDenied
+from kubeca_client.errors import NotFound, PermissionDenied, Unauthenticated
 from kubeca_client.names import SubjectAltNames
 
 from kubeca_server import grants
@@ -37,7 +37,11 @@ class TokenAdmin:
         self._clock = clock
 
     def _operator_grant(self, caller: Caller) -> Grant:
-        grant = self._grants.get(caller.identity) if caller.kind == OPERATOR else None
+        if caller.kind != OPERATOR:
+            raise Unauthenticated(
+                "managing bootstrap tokens needs an operator's client certificate"
+            )
+        grant = self._grants.get(caller.identity)
         if grant is None or not grant.bootstrap_tokens:
             raise PermissionDenied(
                 f"identity {caller.identity!r} may not manage bootstrap tokens "
@@ -62,7 +66,7 @@ class TokenAdmin:
 
         def run() -> None:
             grant = self._operator_grant(caller)
-            token, record = make_record(request, caller.identity, self._clock())
+            token, record = make_record(request, caller.identity, self._clock(), grant.max_lifetime)
             # The token may carry nothing its creator could not ask for itself: its
             # profiles, and its node name and addresses as a client certificate would.
             for name in record.profiles:
@@ -73,14 +77,15 @@ class TokenAdmin:
                         "tokens may not either"
                     )
             ips = tuple(ipaddress.ip_address(a) for a in record.addresses)
+            # The addresses are the creator's choice: checked as extra SANs, so no
+            # fixed name (127.0.0.1, the service address) slips through exempt.
             grants.check_request(
                 grant,
                 PROFILES["kubelet-client"],
-                Inputs(node_name=record.node_name),
+                Inputs(node_name=record.node_name, extra_sans=SubjectAltNames(ips=ips)),
                 SubjectAltNames(ips=ips),
                 timedelta(0),
             )
-            self._store.add_token(record)
             result.append((token, record))
 
         fields: dict[str, Any] = {
@@ -90,10 +95,12 @@ class TokenAdmin:
         }
         self._audited("token.create", caller, run, **fields)
         token, record = result[0]
+        # The token exists only with its record: both in one transaction.
         self._audit.record(
             "token.created",
             "info",
             outcome="created",
+            token=record,
             token_id=record.token_id,
             expires=record.expires_at.isoformat(),
             caller=caller.identity,
@@ -106,8 +113,15 @@ class TokenAdmin:
         result: list[list[TokenRecord]] = []
 
         def run() -> None:
-            self._operator_grant(caller)
-            result.append(self._store.list_tokens(self._clock()))
+            grant = self._operator_grant(caller)
+            # Tokens its grant could have made, not every operator's.
+            result.append(
+                [
+                    t
+                    for t in self._store.list_tokens(self._clock())
+                    if all(grants.allows_profile(grant, PROFILES[p]) for p in t.profiles)
+                ]
+            )
 
         self._audited("token.list", caller, run)
         return result[0]

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from kubeca_client.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from kubeca_client.names import SubjectAltNames, parse_dns_name, parse_ip
 
-from kubeca_server.profiles import PROFILES, Inputs, Profile
+from kubeca_server.profiles import NODE_NAME, PROFILES, Inputs, Profile
 from kubeca_server.store import Store, TokenRecord
 
 TOKEN = re.compile(r"([a-z0-9]{6})\.([a-z0-9]{16})")
@@ -49,7 +49,9 @@ class TokenRequest:
     ttl: timedelta | None
 
 
-def make_record(request: TokenRequest, created_by: str, now: datetime) -> tuple[str, TokenRecord]:
+def make_record(
+    request: TokenRequest, created_by: str, now: datetime, max_lifetime: timedelta
+) -> tuple[str, TokenRecord]:
     """Validate a creation request; return the token (shown once) and what is stored."""
     if not request.profiles:
         raise InvalidArgument("a bootstrap token needs at least one profile")
@@ -59,6 +61,9 @@ def make_record(request: TokenRequest, created_by: str, now: datetime) -> tuple[
             raise InvalidArgument(f"no profile named {name[:64]!r}")
         if profile.grants_system_masters:
             raise InvalidArgument(f"profile {name} is never available to bootstrap tokens")
+        if NODE_NAME not in profile.required:
+            # A token is bound to one node; a profile that names no node could not use it.
+            raise InvalidArgument(f"profile {name} names no node, so no token can carry it")
     node_name = parse_dns_name(request.node_name, "node_name")
     addresses = tuple(str(parse_ip(a, "addresses")) for a in request.addresses)
     ttl = request.ttl or DEFAULT_TTL
@@ -74,6 +79,7 @@ def make_record(request: TokenRequest, created_by: str, now: datetime) -> tuple[
         expires_at=now + ttl,
         created_by=created_by,
         created_at=now,
+        max_lifetime=max_lifetime,
     )
     return token, record
 
@@ -89,13 +95,18 @@ def authenticate(store: Store, token: str, now: datetime) -> TokenRecord:
         or not hmac.compare_digest(record.secret_hash, secret_hash(token))
         or record.revoked
         or record.expires_at <= now
+        or set(record.used_profiles) >= set(record.profiles)
     ):
         raise Unauthenticated(INVALID)
     return record
 
 
 def check_request(
-    record: TokenRecord, profile: Profile, inputs: Inputs, sans: SubjectAltNames
+    record: TokenRecord,
+    profile: Profile,
+    inputs: Inputs,
+    sans: SubjectAltNames,
+    lifetime: timedelta,
 ) -> None:
     """A token obtains its own profiles for its own node and addresses, nothing else."""
     who = f"bootstrap token {record.token_id}"
@@ -112,3 +123,8 @@ def check_request(
     for name in sans.dns:
         if name != record.node_name:
             raise PermissionDenied(f"{who} does not allow DNS name {name!r}")
+    if lifetime > record.max_lifetime:
+        # A token carries its creator's ceiling: it may not outlive what they could get.
+        raise PermissionDenied(
+            f"{who} allows lifetimes up to {int(record.max_lifetime.total_seconds())}s"
+        )

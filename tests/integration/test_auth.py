@@ -40,7 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.client import Client, IssuedCertificate, channel_credentials, error_from_rpc
-from kubeca_client.errors import KubecaError, PermissionDenied, Unauthenticated
+from kubeca_client.errors import InvalidArgument, KubecaError, PermissionDenied, Unauthenticated
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key, private_key_pem
 
 from tests.support import (
@@ -514,7 +514,7 @@ def test_identity_without_token_grant_may_not_create_tokens(deployment: Deployme
 @pytest.mark.parametrize(
     ("profiles", "node_name", "addresses", "expected"),
     [
-        (["admin"], "worker-1", [], "does not allow profile admin"),
+        (["etcd-server"], "worker-1", [], "does not allow profile etcd-server"),
         (["kubelet-client"], "db-1", [], "does not allow node name 'db-1'"),
         (["kubelet-serving"], "worker-1", ["192.168.1.1"], "does not allow IP SAN 192.168.1.1"),
     ],
@@ -529,6 +529,13 @@ def test_token_may_not_carry_more_than_its_creators_grant(
     with deployment.as_identity("tokens") as client, pytest.raises(PermissionDenied) as caught:
         client.create_bootstrap_token(profiles, node_name, addresses, 600)
     assert expected in caught.value.message
+
+
+def test_a_token_cannot_carry_a_profile_that_names_no_node(deployment: Deployment) -> None:
+    # A token is bound to one node; admin names none, so no token could ever use it.
+    with deployment.as_identity("tokens") as client, pytest.raises(InvalidArgument) as caught:
+        client.create_bootstrap_token(["admin"], "worker-1", [], 600)
+    assert "names no node" in caught.value.message
 
 
 def test_token_obtains_each_profile_once(deployment: Deployment) -> None:

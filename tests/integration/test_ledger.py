@@ -8,6 +8,7 @@ the live WAL database), edited with sqlite3 and verified with the real CLI.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,7 +28,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubeca_client.client import Client, IssuedCertificate
 from kubeca_client.errors import InvalidArgument, NotFound, PermissionDenied
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
@@ -462,9 +465,16 @@ def edit(config: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
             db.execute(sql, args)
 
 
-def verify_copy(config: Path, token: Token) -> tuple[int, str]:
-    done = run_server_cli(config, token, "audit", "verify", check=False)
+def verify_copy(config: Path, token: Token, pin: str | None = None) -> tuple[int, str]:
+    extra = ("--service-ca-hash", pin) if pin else ()
+    done = run_server_cli(config, token, "audit", "verify", *extra, check=False)
     return done.returncode, done.stdout + done.stderr
+
+
+def service_ca_pin(state: Path) -> str:
+    ca = x509.load_pem_x509_certificate((state / "ca" / "kubeca-service-ca.crt").read_bytes())
+    spki = ca.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def test_audit_checkpoint_signs_the_head_with_the_service_ca_key(
@@ -488,9 +498,55 @@ def test_audit_checkpoint_signs_the_head_with_the_service_ca_key(
 
 def test_an_untampered_copy_verifies(snapshot: Snapshot, tmp_path: Path) -> None:
     config = snapshot.copy(tmp_path)
-    code, output = verify_copy(config, snapshot.token)
+    code, output = verify_copy(config, snapshot.token, service_ca_pin(snapshot.state))
     assert code == 0, output
     assert output.endswith("the audit chain verifies\n")
+
+
+def test_without_a_pin_verify_says_its_anchor_came_from_the_state_it_checks(
+    snapshot: Snapshot, tmp_path: Path
+) -> None:
+    code, output = verify_copy(snapshot.copy(tmp_path), snapshot.token)
+    assert code == 0, output
+    assert "pass --service-ca-hash" in output
+
+
+def test_a_replaced_service_ca_is_caught_by_the_pin(snapshot: Snapshot, tmp_path: Path) -> None:
+    """Rewriting history, re-signing the checkpoints with a CA of one's own and putting
+    that CA in the state directory fools everything but an anchor kept elsewhere."""
+    config = snapshot.copy(tmp_path)
+    pin = service_ca_pin(snapshot.state)
+    other = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "kubeca-service-ca")])
+    now = datetime.now(UTC)
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(other.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(other, hashes.SHA256())
+    )
+    (tmp_path / "state" / "ca" / "kubeca-service-ca.crt").write_bytes(
+        forged.public_bytes(Encoding.PEM)
+    )
+    code, output = verify_copy(config, snapshot.token, pin)
+    assert code == 1
+    assert "is not the one pinned" in output
+
+
+def test_verify_refuses_a_missing_database_rather_than_making_one(
+    snapshot: Snapshot, tmp_path: Path
+) -> None:
+    config = snapshot.copy(tmp_path)
+    for name in ("kubeca.db", "kubeca.db-wal", "kubeca.db-shm"):
+        (tmp_path / "state" / name).unlink(missing_ok=True)
+    code, output = verify_copy(config, snapshot.token, service_ca_pin(snapshot.state))
+    assert code == 78
+    assert "there is no state database" in output
+    assert not (tmp_path / "state" / "kubeca.db").exists()
     assert "FAIL" not in output
 
 

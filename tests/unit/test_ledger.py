@@ -347,7 +347,7 @@ def test_a_revocation_is_committed_with_its_record(store: SQLiteStore) -> None:
     revoked = store.find_certificate("0a")
     assert revoked is not None
     assert (revoked.revoked_at, revoked.revocation_reason) == (T0, "key_compromise")
-    assert [r.serial for r in store.revoked("etcd-ca")] == ["0a"]
+    assert [r.serial for r in store.next_crl("etcd-ca")[1]] == ["0a"]
     assert row.seq == 2
 
 
@@ -364,15 +364,16 @@ def test_a_certificate_is_reusable_until_its_renewal_window(store: SQLiteStore) 
     # 900 s of validity: the renewal window is its last third, from 600 s on.
     store.append_audit(issued_record("0a"), certificate=inventory_row("0a"))
     for seconds, reusable in ((0, True), (599, True), (600, False), (899, False), (901, False)):
-        found = store.reusable_certificate("request-1", T0 + timedelta(seconds=seconds))
-        assert (found is not None) is reusable, seconds
+        found = store.claim_or_reuse("request-1", T0 + timedelta(seconds=seconds))
+        assert isinstance(found, CertificateRow) is reusable, seconds
+        store.release_claim("request-1")
 
 
 def test_reuse_needs_the_same_request_and_an_unrevoked_certificate(store: SQLiteStore) -> None:
     store.append_audit(issued_record("0a"), certificate=inventory_row("0a"))
-    assert store.reusable_certificate("request-2", T0) is None
+    assert store.claim_or_reuse("request-2", T0) is True  # nothing to reuse: claimed
     store.append_audit({"event": "revoked"}, revoke=("0a", T0, "superseded"))
-    assert store.reusable_certificate("request-1", T0) is None
+    assert store.claim_or_reuse("request-1", T0) is True
 
 
 def test_the_newest_current_certificate_is_the_one_reused(store: SQLiteStore) -> None:
@@ -382,9 +383,16 @@ def test_the_newest_current_certificate_is_the_one_reused(store: SQLiteStore) ->
         issued_record("0b"),
         certificate=inventory_row("0b", not_before=later, not_after=later + timedelta(hours=1)),
     )
-    found = store.reusable_certificate("request-1", later)
-    assert found is not None
+    found = store.claim_or_reuse("request-1", later)
+    assert isinstance(found, CertificateRow)
     assert found.serial == "0b"
+
+
+def test_an_identical_request_waits_while_another_holds_the_claim(store: SQLiteStore) -> None:
+    assert store.claim_or_reuse("request-9", T0) is True
+    assert store.claim_or_reuse("request-9", T0) is False  # someone is signing it
+    # A claim from a worker that died is taken over once it is stale.
+    assert store.claim_or_reuse("request-9", T0 + timedelta(seconds=31)) is True
 
 
 def test_list_certificates_filters_by_authority_profile_expiry_and_revocation(
@@ -411,8 +419,16 @@ def test_list_certificates_filters_by_authority_profile_expiry_and_revocation(
 
 
 def test_crl_numbers_increase_per_authority(store: SQLiteStore) -> None:
-    assert [store.next_crl_number("etcd-ca") for _ in range(3)] == [1, 2, 3]
-    assert store.next_crl_number("kubernetes-ca") == 1
+    assert [store.next_crl("etcd-ca")[0] for _ in range(3)] == [1, 2, 3]
+    assert store.next_crl("kubernetes-ca")[0] == 1
+    assert store.crl_number("etcd-ca") == 3
+
+
+def test_a_crl_number_and_its_revocations_are_read_together(store: SQLiteStore) -> None:
+    store.append_audit(issued_record("0a"), certificate=inventory_row("0a"))
+    store.append_audit({"event": "revoked"}, revoke=("0a", T0, "superseded"))
+    number, revoked = store.next_crl("etcd-ca")
+    assert (number, [r.serial for r in revoked]) == (1, ["0a"])
 
 
 def test_checkpoints_survive_a_reopen(tmp_path: Path) -> None:

@@ -33,6 +33,13 @@ class _Parser(argparse.ArgumentParser):
         super().error(TOKEN_SHAPE.sub("<redacted token>", message))
 
 
+def _terraform(args: argparse.Namespace) -> int:
+    # Reached with global options (kubeca --config F terraform): the query says it all.
+    from kubeca_client import terraform
+
+    return terraform.main()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kubeca", description="Kubernetes certificates from an HSM-backed CA")
     parser.add_argument(
@@ -43,10 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_commands(commands)
     tokens.add_commands(commands)
     ledger.add_commands(commands)
-    commands.add_parser(
+    terraform_command = commands.add_parser(
         "terraform",
         help="Terraform external data source program: JSON query on stdin, JSON on stdout",
     )
+    terraform_command.set_defaults(run=_terraform)
     return parser
 
 
