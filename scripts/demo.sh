@@ -53,7 +53,9 @@ bootstrap_tokens = true
 revoke = true
 TOML
 
-"$bin/kubeca-server" --config "$var/kubeca.toml" init
+"$bin/kubeca-server" --config "$var/kubeca.toml" init | tee "$var/init.out"
+# The service CA's hash is the ledger's trust anchor: an operator keeps it elsewhere.
+service_ca_hash=$(sed -n 's/^kubeca-service-ca: \(sha256:[0-9a-f]*\).*/\1/p' "$var/init.out")
 if [ ! -f "$var/admin/client.key" ]; then
   "$bin/kubeca-server" --config "$var/kubeca.toml" credentials issue --name admin --out "$var/admin" > /dev/null
 fi
@@ -133,4 +135,4 @@ rm -f "$var/token.json" "$var/worker-1.token"
 echo
 echo "The ledger: every decision above is in a hash chain, checkpointed with an HSM signature:"
 "$bin/kubeca-server" --config "$var/kubeca.toml" audit checkpoint
-"$bin/kubeca-server" --config "$var/kubeca.toml" audit verify
+"$bin/kubeca-server" --config "$var/kubeca.toml" audit verify --service-ca-hash "$service_ca_hash"
