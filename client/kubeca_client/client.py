@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
@@ -29,6 +28,7 @@ from kubeca_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from kubeca_client.keys import spki_der
 from kubeca_client.trust import pinned_ca
 
 
@@ -155,10 +155,7 @@ def _check_issued(csr: bytes, issued: IssuedCertificate) -> None:
         )
         certificate = issued.certificate
         ca = x509.load_pem_x509_certificate(issued.ca_certificate_pem.encode())
-        spki = Encoding.DER, PublicFormat.SubjectPublicKeyInfo
-        same_key = certificate.public_key().public_bytes(
-            *spki
-        ) == request.public_key().public_bytes(*spki)
+        same_key = spki_der(certificate) == spki_der(request)
         certificate.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise InternalError(f"the service returned an unusable certificate ({exc})") from None

@@ -6,6 +6,7 @@ they already know. The server reuses ``KeyAlgorithm`` for its CA key configurati
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 
 from cryptography import x509
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+HasPublicKey = x509.Certificate | x509.CertificateSigningRequest | PrivateKey
 
 
 class KeyAlgorithm(StrEnum):
@@ -54,6 +57,20 @@ def generate_private_key(algorithm: KeyAlgorithm) -> PrivateKey:
     if algorithm.is_rsa:
         return rsa.generate_private_key(public_exponent=65537, key_size=algorithm.rsa_bits)
     return ec.generate_private_key(algorithm.curve)
+
+
+def spki_der(subject: HasPublicKey | PublicKey) -> bytes:
+    """The SubjectPublicKeyInfo DER: what "the same key" means between a key, a CSR and
+    a certificate."""
+    key = subject if isinstance(subject, PublicKey) else subject.public_key()
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def spki_hash(subject: HasPublicKey | PublicKey) -> str:
+    """kubeadm's --discovery-token-ca-cert-hash: "sha256:" + hex SHA-256 of the SPKI DER."""
+    return "sha256:" + hashlib.sha256(spki_der(subject)).hexdigest()
 
 
 def algorithm_of(key: PrivateKey) -> KeyAlgorithm:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from kubeca_client.client import Client
 from kubeca_client.errors import InvalidArgument
-from kubeca_client.keys import PrivateKey
+from kubeca_client.keys import PrivateKey, spki_der
 from kubeca_client.kubeconfig import decode_field, read_kubeconfig, user_of
 from kubeca_client.layout import CONTROL_PLANE_KUBECONFIGS, CONTROL_PLANE_LEAVES
 from kubeca_client.slots import (
@@ -25,7 +25,6 @@ from kubeca_client.slots import (
     Slot,
     finish,
     prepare_root,
-    public_der,
     read_manifest,
 )
 
@@ -135,7 +134,7 @@ def _check(slot: Slot, csr_path: Path, key_pem: bytes) -> Found:
         raise InvalidArgument(f"{csr_path}: it or its key cannot be read ({exc})") from None
     if not isinstance(key, PrivateKey):
         raise InvalidArgument(f"{csr_path}: the key beside it is neither RSA nor ECDSA")
-    if public_der(key) != public_der(csr):
+    if spki_der(key) != spki_der(csr):
         raise InvalidArgument(f"{csr_path} was not made from the key beside it")
     return Found(slot, csr_path, csr, key_pem)
 

@@ -64,9 +64,6 @@ class KubeconfigFile:
     def csr_path(self, root: Path) -> Path:
         return root / f"{self.name}.csr"
 
-    def cert_name(self) -> str:
-        return self.name
-
 
 CONTROL_PLANE_LEAVES = (
     LeafFile("apiserver", "apiserver", "apiserver", KUBERNETES_CA),

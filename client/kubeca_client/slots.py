@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from kubeca_client.client import CACertificate, Client, IssuedCertificate
 from kubeca_client.errors import InvalidArgument, KubecaError, PermissionDenied
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
-from kubeca_client.keys import PrivateKey
+from kubeca_client.keys import PrivateKey, spki_der
 from kubeca_client.kubeconfig import Kubeconfig, decode_field, read_kubeconfig
 from kubeca_client.layout import (
     CA_BY_AUTHORITY,
@@ -220,19 +220,13 @@ def renewal_due(certificate: x509.Certificate, now: datetime, within: timedelta 
     return now >= not_after - within
 
 
-def public_der(key: PrivateKey | x509.Certificate | x509.CertificateSigningRequest) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def valid_pair(
     pair: tuple[x509.Certificate, PrivateKey] | None, ca: x509.Certificate
 ) -> x509.Certificate | None:
     if pair is None:
         return None
     certificate, key = pair
-    if public_der(certificate) != public_der(key):
+    if spki_der(certificate) != spki_der(key):
         return None
     try:
         certificate.verify_directly_issued_by(ca)

@@ -9,7 +9,6 @@ trust only that CA (gRPC then verifies the server against it, hostname included)
 from __future__ import annotations
 
 import _ssl
-import hashlib
 import re
 import socket
 import ssl
@@ -17,16 +16,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from kubeca_client.errors import InvalidArgument, Unauthenticated, Unavailable
+from kubeca_client.keys import spki_hash
 
 PIN = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def spki_hash(certificate: x509.Certificate) -> str:
-    spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def parse_pin(text: str, what: str = "--ca-cert-hash") -> str:

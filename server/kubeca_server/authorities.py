@@ -7,15 +7,14 @@ belong to its key.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import ConfigError
 from kubeca_client.files import atomic_write
-from kubeca_client.keys import algorithm_of
+from kubeca_client.keys import algorithm_of, spki_der, spki_hash
 
 from kubeca_server.config import AuthorityConfig, ServerConfig
 from kubeca_server.keys import CAPrivateKey, KeyBackend, signature_hash
@@ -47,15 +46,8 @@ class CertificateAuthority:
         return spki_hash(self.certificate)
 
 
-def spki_hash(certificate: x509.Certificate) -> str:
-    """kubeadm's --discovery-token-ca-cert-hash: sha256 of the SubjectPublicKeyInfo DER."""
-    spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-
 def _same_key(certificate: x509.Certificate, key: CAPrivateKey) -> bool:
-    spki = Encoding.DER, PublicFormat.SubjectPublicKeyInfo
-    return certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    return spki_der(certificate) == spki_der(key)
 
 
 def _read_certificate(config: ServerConfig, name: str) -> x509.Certificate | None:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import (
     InvalidArgument,
     KubecaError,
@@ -26,6 +26,7 @@ from kubeca_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from kubeca_client.keys import spki_der
 
 from kubeca_server import grants, tokens
 from kubeca_server.audit import AuditLog
@@ -293,9 +294,7 @@ class Authority:
         csr = parse_csr(request.csr)
         record["requested_subject"] = csr.subject.rfc4514_string()[:512]
         public_key = leaf_public_key(csr)
-        record["public_key_sha256"] = hashlib.sha256(
-            public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        ).hexdigest()
+        record["public_key_sha256"] = hashlib.sha256(spki_der(public_key)).hexdigest()
         inputs = parse_inputs(profile, request.parameters)
         subject = profile.subject(inputs)
         sans = profile.sans(inputs)

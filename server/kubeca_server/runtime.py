@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kubeca_client.errors import ConfigError, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
+from kubeca_client.keys import spki_hash
 
 from kubeca_server import metrics as metrics_module
 from kubeca_server.audit import AuditLog
@@ -36,7 +37,6 @@ from kubeca_server.authorities import (
     CertificateAuthority,
     init_authorities,
     load_authorities,
-    spki_hash,
 )
 from kubeca_server.authority import Authority
 from kubeca_server.config import SERVICE_CA, ServerConfig, load_config

@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubeca_client.errors import ConfigError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
-from kubeca_client.keys import KeyAlgorithm, generate_private_key, private_key_pem
+from kubeca_client.keys import (
+    KeyAlgorithm,
+    PrivateKey,
+    generate_private_key,
+    private_key_pem,
+    spki_der,
+)
 from kubeca_client.names import parse_dns_name, parse_san_list
 
 from kubeca_server.authorities import CertificateAuthority
@@ -55,8 +61,7 @@ def _current(config: ServerConfig, service_ca: CertificateAuthority, now: dateti
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError):
         return "missing or unreadable"
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+    if not isinstance(key, PrivateKey) or spki_der(key) != spki_der(cert):
         return "its key does not match"
     try:
         cert.verify_directly_issued_by(service_ca.certificate)

@@ -140,7 +140,7 @@ class Store(Protocol):
 
     def release_claim(self, request_fingerprint: str) -> None: ...
 
-    def chain(self, after: int = 0) -> Iterator[ChainRow]: ...
+    def chain(self) -> Iterator[ChainRow]: ...
 
     def head(self) -> ChainRow | None: ...
 
@@ -339,11 +339,8 @@ class SQLiteStore:
                 "DELETE FROM issuance_claims WHERE request_fingerprint = ?", (request_fingerprint,)
             )
 
-    def chain(self, after: int = 0) -> Iterator[ChainRow]:
-        rows = self._read(
-            "SELECT seq, record, prev_hash, hash FROM audit_chain WHERE seq > ? ORDER BY seq",
-            after,
-        )
+    def chain(self) -> Iterator[ChainRow]:
+        rows = self._read("SELECT seq, record, prev_hash, hash FROM audit_chain ORDER BY seq")
         for seq, record, prev_hash, hash_ in rows:
             yield ChainRow(int(seq), str(record), str(prev_hash), str(hash_))
 

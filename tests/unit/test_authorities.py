@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubeca_client.errors import ConfigError
-from kubeca_client.keys import KeyAlgorithm
+from kubeca_client.keys import KeyAlgorithm, spki_hash
 from kubeca_server.audit import AuditLog
-from kubeca_server.authorities import init_authorities, load_authorities, spki_hash
+from kubeca_server.authorities import init_authorities, load_authorities
 from kubeca_server.authority import Authority, Caller, IssueRequest
 from kubeca_server.config import parse_config
 from kubeca_server.keys.memory import MemoryBackend

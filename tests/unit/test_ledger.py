@@ -159,7 +159,6 @@ def test_each_stored_record_carries_its_sequence_number_and_the_previous_hash(
         assert row.hash == link_hash(row.prev_hash, row.record)
     assert first_broken_link(rows) is None
     assert store.head() == rows[-1]
-    assert [row.seq for row in store.chain(after=2)] == [3, 4]
 
 
 def test_an_edited_record_breaks_the_chain_at_that_record() -> None:
@@ -659,7 +658,7 @@ def test_checkpoint_signs_the_head_with_the_service_ca_key(
         ledger_audit.record("e", n=n)
     signed = checkpoint(store, ledger_audit, service_ca)
     assert signed is not None
-    assert (signed.seq, signed.head_hash) == (3, next(store.chain(after=2)).hash)
+    assert (signed.seq, signed.head_hash) == (3, list(store.chain())[2].hash)
     assert checkpoint_is_genuine(signed, service_ca.certificate.public_key())
     assert store.checkpoints() == [signed]
     assert records(store)[-1]["event"] == "audit.checkpoint"

@@ -6,6 +6,7 @@ cryptography keys and vanish with the process.
 
 from __future__ import annotations
 
+from kubeca_client.errors import Unavailable
 from kubeca_client.keys import KeyAlgorithm, generate_private_key
 
 from kubeca_server.keys.backend import CAPrivateKey
@@ -27,8 +28,6 @@ class MemoryBackend:
         return key
 
     def probe(self) -> None:
-        from kubeca_client.errors import Unavailable
-
         if not self.available:
             raise Unavailable("the in-memory key backend was marked unavailable")
 
