@@ -388,28 +388,37 @@ class Client:
         expiring_within_seconds: int = 0,
         revoked_only: bool = False,
     ) -> list[CertificateRecord]:
-        request = pb.ListCertificatesRequest(
-            authority=authority,
-            profile=profile,
-            expiring_within_seconds=expiring_within_seconds,
-            revoked_only=revoked_only,
-        )
-        with self._call():
-            r = self._stub.ListCertificates(request, timeout=self.timeout)
-        return [
-            CertificateRecord(
-                serial=c.serial,
-                authority=c.authority,
-                profile=c.profile,
-                subject=c.subject,
-                sans=tuple(c.sans),
-                not_before=_utc(c.not_before),
-                not_after=_utc(c.not_after),
-                caller=c.caller,
-                revoked=c.revoked,
-                revoked_at=_utc(c.revoked_at) if c.revoked else None,
-                revocation_reason=c.revocation_reason,
-                fingerprint_sha256=c.fingerprint_sha256,
+        """Every certificate that matches, page after page (the service answers in
+        pages of at most a few hundred)."""
+        records: list[CertificateRecord] = []
+        token = ""
+        while True:
+            request = pb.ListCertificatesRequest(
+                authority=authority,
+                profile=profile,
+                expiring_within_seconds=expiring_within_seconds,
+                revoked_only=revoked_only,
+                page_token=token,
             )
-            for c in r.certificates
-        ]
+            with self._call():
+                r = self._stub.ListCertificates(request, timeout=self.timeout)
+            records.extend(
+                CertificateRecord(
+                    serial=c.serial,
+                    authority=c.authority,
+                    profile=c.profile,
+                    subject=c.subject,
+                    sans=tuple(c.sans),
+                    not_before=_utc(c.not_before),
+                    not_after=_utc(c.not_after),
+                    caller=c.caller,
+                    revoked=c.revoked,
+                    revoked_at=_utc(c.revoked_at) if c.revoked else None,
+                    revocation_reason=c.revocation_reason,
+                    fingerprint_sha256=c.fingerprint_sha256,
+                )
+                for c in r.certificates
+            )
+            token = r.next_page_token
+            if not token:
+                return records

@@ -7,19 +7,37 @@ status back to the same class in one place (``kubeca_client.client``).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Self
+
 
 class KubecaError(Exception):
-    """Base of every error kubeca reports to a person. The message is safe to show."""
+    """Base of every error kubeca reports to a person. The message is safe to show.
+
+    ``context`` holds what the decision had learned when it refused (the requested
+    subject, a token id): facts for the audit record, never shown to the caller. It is
+    given at construction or by ``in_context``, which returns a new error, so no layer
+    patches attributes onto an exception another layer raised.
+    """
 
     status: str = "INTERNAL"
     exit_code: int = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, context: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.context: Mapping[str, Any] = MappingProxyType(dict(context or {}))
 
     def __str__(self) -> str:
         return self.message
+
+    def in_context(self, context: Mapping[str, Any]) -> Self:
+        """The same error (class, message, traceback), with ``context`` added."""
+        widened = copy.copy(self)
+        widened.context = MappingProxyType({**context, **self.context})
+        return widened.with_traceback(self.__traceback__)
 
 
 class InvalidArgument(KubecaError):
@@ -51,7 +69,8 @@ class Unauthenticated(KubecaError):
 
 
 class Unavailable(KubecaError):
-    """The HSM or the service cannot be reached now; the same call may work later."""
+    """The HSM or the store cannot be reached now (or, on the client, the service);
+    the same call may work later. Nothing else is UNAVAILABLE."""
 
     status = "UNAVAILABLE"
     exit_code = 69
@@ -63,11 +82,24 @@ class DeadlineExceeded(Unavailable):
     status = "DEADLINE_EXCEEDED"
 
 
-class ConfigError(KubecaError):
-    """A configuration file or setting is wrong; the message names the key."""
+class Aborted(KubecaError):
+    """The call lost a race it may win when retried (an identical request is still
+    being issued elsewhere)."""
+
+    status = "ABORTED"
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class FailedPrecondition(KubecaError):
+    """The service is not in a state to do this (a CA expired, a step of a rotation
+    not taken); an operator must act before the same call can succeed."""
 
     status = "FAILED_PRECONDITION"
-    exit_code = 78
+    exit_code = 78  # EX_CONFIG
+
+
+class ConfigError(FailedPrecondition):
+    """A configuration file or setting is wrong; the message names the key."""
 
 
 class InternalError(KubecaError):
@@ -83,7 +115,8 @@ BY_STATUS: dict[str, type[KubecaError]] = {
         Unauthenticated,
         Unavailable,
         DeadlineExceeded,
-        ConfigError,
+        Aborted,
+        FailedPrecondition,
         InternalError,
     )
 }

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from kubeca_client.client import Client
+from kubeca_client.client import Client, ProfileInfo
 from kubeca_client.errors import InvalidArgument
 from kubeca_client.keys import PrivateKey, spki_der
 from kubeca_client.kubeconfig import decode_field, read_kubeconfig, user_of
@@ -144,10 +144,14 @@ def sign_kubeadm_csrs(client: Client, root: Path, given: NodeInputs) -> Report:
     prepare_root(root)
     found = [_check(*item) for item in _locate(root)]
     node = _derive_node({f.slot.name: f.csr for f in found}, given)
-    slots = [
-        replace(f.slot, parameters=_csr_parameters(f.slot.profile, f.csr, node, f.slot.name))
-        for f in found
-    ]
+    profiles = {p.name: p for p in client.profiles()}
+    slots = []
+    for f in found:
+        profile = profiles.get(f.slot.profile)
+        if profile is None:
+            raise InvalidArgument(f"{f.slot.name}: the service offers no {f.slot.profile} profile")
+        parameters = _csr_parameters(profile, f.csr, node, f.slot.name)
+        slots.append(replace(f.slot, parameters=parameters))
     pending = [
         Pending(slot, f.csr_path.read_bytes(), f.key_pem, new_key=False)
         for slot, f in zip(slots, found, strict=True)
@@ -159,28 +163,29 @@ def sign_kubeadm_csrs(client: Client, root: Path, given: NodeInputs) -> Report:
 
 
 def _csr_parameters(
-    profile: str, csr: x509.CertificateSigningRequest, node: NodeInputs, name: str
+    profile: ProfileInfo, csr: x509.CertificateSigningRequest, node: NodeInputs, name: str
 ) -> dict[str, str]:
-    """The profile's parameters for a kubeadm CSR: its SANs become extra_sans, so the
-    certificate carries exactly what kubeadm computed (plus nothing it would not)."""
-    needs_node = profile in ("apiserver", "etcd-server", "etcd-peer", "kubelet-client")
-    if needs_node and not node.node_name:
-        raise InvalidArgument(f"{name}: cannot tell the node name; pass --node-name")
-    if profile == "kubelet-client":
-        return {"node_name": node.node_name}
-    if profile not in ("apiserver", "etcd-server", "etcd-peer"):
-        return {}
-    if not node.advertise_address:
-        raise InvalidArgument(
-            f"{name}: cannot tell the advertise address; pass --advertise-address"
-        )
-    params = {"node_name": node.node_name, "advertise_address": node.advertise_address}
+    """The profile's parameters for a kubeadm CSR, as the service declares them: its SANs
+    become extra_sans, so the certificate carries exactly what kubeadm computed (plus
+    nothing it would not)."""
+    declared = {p.name: p for p in profile.parameters}
+    params: dict[str, str] = {}
+    given = {
+        "node_name": (node.node_name, "--node-name"),
+        "advertise_address": (node.advertise_address, "--advertise-address"),
+        "service_cidr": (node.service_cidr, "--service-cidr"),
+        "dns_domain": (node.dns_domain, "--dns-domain"),
+    }
+    for key, (value, flag) in given.items():
+        parameter = declared.get(key)
+        if parameter is None:
+            continue
+        if value:
+            params[key] = value
+        elif parameter.required:
+            what = key.replace("_", " ")
+            raise InvalidArgument(f"{name}: cannot tell the {what}; pass {flag}")
     sans = _csr_sans(csr)
-    if sans:
+    if sans and "extra_sans" in declared:
         params["extra_sans"] = ",".join(sans)
-    if profile == "apiserver":
-        if node.service_cidr:
-            params["service_cidr"] = node.service_cidr
-        if node.dns_domain:
-            params["dns_domain"] = node.dns_domain
     return params

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-KUBERNETES_CA = "kubernetes-ca"
-ETCD_CA = "etcd-ca"
-FRONT_PROXY_CA = "front-proxy-ca"
+from kubeca_client.authorities import ETCD_CA, FRONT_PROXY_CA, KUBERNETES_CA
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,10 @@ class LeafFile:
     name: str  # kubeadm's name for it
     base: str  # under pki/
     profile: str
-    authority: str
+    authority: str  # the CA file kubeadm verifies it with (offline, in check-expiration)
+    # Which of kubeadm's extra-SAN flags feeds it: "apiserver" (--apiserver-cert-extra-sans)
+    # or "etcd" (etcd's serverCertSANs/peerCertSANs), if either.
+    extra_sans: str = ""
 
     def cert_path(self, root: Path) -> Path:
         return root / "pki" / f"{self.base}.crt"
@@ -66,7 +67,7 @@ class KubeconfigFile:
 
 
 CONTROL_PLANE_LEAVES = (
-    LeafFile("apiserver", "apiserver", "apiserver", KUBERNETES_CA),
+    LeafFile("apiserver", "apiserver", "apiserver", KUBERNETES_CA, extra_sans="apiserver"),
     LeafFile(
         "apiserver-kubelet-client",
         "apiserver-kubelet-client",
@@ -75,8 +76,8 @@ CONTROL_PLANE_LEAVES = (
     ),
     LeafFile("front-proxy-client", "front-proxy-client", "front-proxy-client", FRONT_PROXY_CA),
     LeafFile("apiserver-etcd-client", "apiserver-etcd-client", "apiserver-etcd-client", ETCD_CA),
-    LeafFile("etcd-server", "etcd/server", "etcd-server", ETCD_CA),
-    LeafFile("etcd-peer", "etcd/peer", "etcd-peer", ETCD_CA),
+    LeafFile("etcd-server", "etcd/server", "etcd-server", ETCD_CA, extra_sans="etcd"),
+    LeafFile("etcd-peer", "etcd/peer", "etcd-peer", ETCD_CA, extra_sans="etcd"),
     LeafFile(
         "etcd-healthcheck-client", "etcd/healthcheck-client", "etcd-healthcheck-client", ETCD_CA
     ),

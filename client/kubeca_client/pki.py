@@ -17,7 +17,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kubeca_client.client import Client
+from kubeca_client.client import Client, ProfileInfo
 from kubeca_client.errors import InvalidArgument
 from kubeca_client.files import PRIVATE, PUBLIC
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
@@ -68,49 +68,62 @@ def https_url(host_port: str, default_port: int = DEFAULT_API_PORT) -> str:
     return f"https://{host_port}:{default_port}"
 
 
-def control_plane_slots(spec: ControlPlane, lifetime_seconds: int = 0) -> list[Slot]:
-    node = {"node_name": spec.node_name, "advertise_address": spec.advertise_address}
-    apiserver = dict(node)
-    for key, value in (
-        ("control_plane_endpoint", spec.control_plane_endpoint),
-        ("service_cidr", spec.service_cidr),
-        ("dns_domain", spec.dns_domain),
-        ("extra_sans", ",".join(spec.apiserver_cert_sans)),
-    ):
-        if value:
-            apiserver[key] = value
-    etcd = dict(node)
-    if spec.etcd_sans:
-        etcd["extra_sans"] = ",".join(spec.etcd_sans)
-    by_profile: dict[str, Mapping[str, str]] = {
-        "apiserver": apiserver,
-        "etcd-server": etcd,
-        "etcd-peer": etcd,
-        "kubelet-client": {"node_name": spec.node_name},
+def _parameters(profile: ProfileInfo, values: Mapping[str, str]) -> dict[str, str]:
+    """The values a profile declares it takes (the service says which, in ListProfiles),
+    leaving out those not given."""
+    declared = {p.name for p in profile.parameters}
+    return {name: value for name, value in values.items() if name in declared and value}
+
+
+def _profile(profiles: Mapping[str, ProfileInfo], name: str) -> ProfileInfo:
+    found = profiles.get(name)
+    if found is None:
+        raise InvalidArgument(f"the service offers no {name} profile, which this layout needs")
+    return found
+
+
+def user_name(profile: ProfileInfo, node_name: str) -> str:
+    """A kubeconfig's user: the subject CN the profile issues, as kubeadm names it."""
+    return profile.common_name.replace("{node_name}", node_name)
+
+
+def control_plane_slots(
+    spec: ControlPlane, profiles: Mapping[str, ProfileInfo], lifetime_seconds: int = 0
+) -> list[Slot]:
+    node = {
+        "node_name": spec.node_name,
+        "advertise_address": spec.advertise_address,
+        "control_plane_endpoint": spec.control_plane_endpoint,
+        "service_cidr": spec.service_cidr,
+        "dns_domain": spec.dns_domain,
     }
-    slots = [
-        Slot(
-            leaf.name,
-            leaf.profile,
-            leaf.authority,
-            by_profile.get(leaf.profile, {}),
-            leaf=leaf,
-            lifetime_seconds=lifetime_seconds,
+    extra = {"apiserver": spec.apiserver_cert_sans, "etcd": spec.etcd_sans}
+    slots = []
+    for leaf in CONTROL_PLANE_LEAVES:
+        values = dict(node, extra_sans=",".join(extra.get(leaf.extra_sans, ())))
+        slots.append(
+            Slot(
+                leaf.name,
+                leaf.profile,
+                leaf.authority,
+                _parameters(_profile(profiles, leaf.profile), values),
+                leaf=leaf,
+                lifetime_seconds=lifetime_seconds,
+            )
         )
-        for leaf in CONTROL_PLANE_LEAVES
-    ]
     endpoint = https_url(spec.control_plane_endpoint or spec.advertise_address, spec.api_port)
     local = https_url(spec.advertise_address, spec.api_port)
     for conf in CONTROL_PLANE_KUBECONFIGS:
+        profile = _profile(profiles, conf.profile)
         slots.append(
             Slot(
                 conf.name,
                 conf.profile,
                 conf.authority,
-                by_profile.get(conf.profile, {}),
+                _parameters(profile, {"node_name": spec.node_name}),
                 kubeconfig=conf,
                 server=local if conf.local_endpoint else endpoint,
-                user=_user_name(conf.profile, spec.node_name),
+                user=user_name(profile, spec.node_name),
                 lifetime_seconds=lifetime_seconds,
             )
         )
@@ -118,40 +131,35 @@ def control_plane_slots(spec: ControlPlane, lifetime_seconds: int = 0) -> list[S
 
 
 def worker_slots(
-    node_name: str, address: str, control_plane_endpoint: str, lifetime_seconds: int = 0
+    node_name: str,
+    address: str,
+    control_plane_endpoint: str,
+    profiles: Mapping[str, ProfileInfo],
+    lifetime_seconds: int = 0,
 ) -> list[Slot]:
+    client_profile = _profile(profiles, WORKER_KUBELET_CONF.profile)
+    serving_profile = _profile(profiles, WORKER_SERVING.profile)
+    node = {"node_name": node_name, "advertise_address": address}
     return [
         Slot(
             WORKER_KUBELET_CONF.name,
             WORKER_KUBELET_CONF.profile,
             WORKER_KUBELET_CONF.authority,
-            {"node_name": node_name},
+            _parameters(client_profile, node),
             kubeconfig=WORKER_KUBELET_CONF,
             server=https_url(control_plane_endpoint),
-            user=_user_name(WORKER_KUBELET_CONF.profile, node_name),
+            user=user_name(client_profile, node_name),
             lifetime_seconds=lifetime_seconds,
         ),
         Slot(
             WORKER_SERVING.name,
             WORKER_SERVING.profile,
             WORKER_SERVING.authority,
-            {"node_name": node_name, "advertise_address": address},
+            _parameters(serving_profile, node),
             leaf=WORKER_SERVING,
             lifetime_seconds=lifetime_seconds,
         ),
     ]
-
-
-_USERS = {
-    "admin": "kubernetes-admin",
-    "super-admin": "kubernetes-super-admin",
-    "controller-manager": "system:kube-controller-manager",
-    "scheduler": "system:kube-scheduler",
-}
-
-
-def _user_name(profile: str, node_name: str) -> str:
-    return _USERS.get(profile, f"system:node:{node_name}")
 
 
 def _service_account_writes(root: Path) -> list[Write]:
@@ -183,16 +191,19 @@ def _service_account_writes(root: Path) -> list[Write]:
 def ensure_layout(
     client: Client,
     root: Path,
-    slots: Sequence[Slot],
+    plan: Callable[[Mapping[str, ProfileInfo]], Sequence[Slot]],
     key_algorithm: KeyAlgorithm,
     *,
     service_account_keys: bool,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Report:
-    """Make ``root`` hold every slot's certificate, current and valid; keep what is."""
+    """Make ``root`` hold every slot ``plan`` makes of the service's profiles, current
+    and valid; keep what is."""
     prepare_root(root)
     cas = {ca.authority: ca for ca in client.ca_certificates()}
-    enabled = {p.name: p.enabled for p in client.profiles()}
+    profiles = {p.name: p for p in client.profiles()}
+    slots = plan(profiles)
+    enabled = {name: p.enabled for name, p in profiles.items()}
     manifest = read_manifest(root)
     report = Report()
     pending: list[Pending] = []

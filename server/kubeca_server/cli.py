@@ -1,4 +1,5 @@
-"""kubeca-server: init the CAs in the HSM, or serve.
+"""kubeca-server: init the CAs in the HSM, migrate the store, manage credentials and
+the audit chain, or serve.
 
 Secrets never come from argv: the HSM PIN is read from the file or environment
 variable the config names.
@@ -26,7 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, type=Path, help="server config (TOML)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "init", help="create the CA keys in the HSM and their certificates (idempotent)"
+        "init",
+        help="create the CA keys in the HSM and their certificates, and bring the store's "
+        "schema up to date (idempotent)",
+    )
+    commands.add_parser(
+        "migrate", help="bring the store's schema up to date (serve never does it silently)"
     )
     credentials = commands.add_parser("credentials", help="operator client credentials")
     actions = credentials.add_subparsers(dest="action", required=True)
@@ -57,15 +63,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _init(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.runtime import run_init
+    from kubeca_server.verbs import run_init
 
     for line in run_init(config):
         print(line)
     return 0
 
 
+def _migrate(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server.verbs import migrate
+
+    print(migrate(config))
+    return 0
+
+
 def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.runtime import checkpoint_now, verify_audit
+    from kubeca_server.verbs import checkpoint_now, verify_audit
 
     if args.action == "checkpoint":
         signed = checkpoint_now(config)
@@ -83,6 +96,8 @@ def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
     )
     for problem in result.problems:
         print(f"FAIL: {problem}")
+    for note in result.notes:
+        print(f"note: {note}")
     if result.problems:
         return 1
     print("the audit chain verifies")
@@ -95,7 +110,7 @@ def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
 
 
 def _credentials(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.runtime import issue_credentials
+    from kubeca_server.verbs import issue_credentials
 
     if not 1 <= args.lifetime_days <= 3650:
         raise InvalidArgument("--lifetime-days must be 1 to 3650")
@@ -112,7 +127,7 @@ def _credentials(config: ServerConfig, args: argparse.Namespace) -> int:
 
 
 def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.runtime import serve
+    from kubeca_server.process import serve
 
     if not 1 <= args.workers <= 64:
         raise InvalidArgument("--workers must be between 1 and 64")
@@ -120,7 +135,13 @@ def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"init": _init, "audit": _audit, "credentials": _credentials, "serve": _serve}
+COMMANDS = {
+    "init": _init,
+    "migrate": _migrate,
+    "audit": _audit,
+    "credentials": _credentials,
+    "serve": _serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,23 +10,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from kubeca_client.authorities import ALL_CAS
 from kubeca_client.errors import ConfigError
 from kubeca_client.keys import KeyAlgorithm
 from kubeca_client.names import IPNetwork
 
 from kubeca_server.profiles import PROFILES
 
-AUTHORITY_NAMES = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
-# Signs the service's own TLS certificate and operator client certificates; never a
-# cluster certificate, and never trusted by the cluster.
-SERVICE_CA = "kubeca-service-ca"
-CLUSTER_AND_SERVICE_CAS = (*AUTHORITY_NAMES, SERVICE_CA)
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
 
@@ -61,12 +57,16 @@ class HsmConfig:
 @dataclass(frozen=True)
 class AuthorityConfig:
     name: str
-    key_algorithm: KeyAlgorithm
+    key_algorithm: KeyAlgorithm  # for new generations; existing keys are never replaced
     lifetime: timedelta
 
-    @property
-    def key_label(self) -> str:
-        return f"kubeca/{self.name}"
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the ledger, inventory, tokens and CA generations live."""
+
+    url: str
+    sqlite_path: Path
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class ServerConfig:
     state_dir: Path
     audit_log: Path
     max_request_bytes: int
+    store: StoreConfig
     hsm: HsmConfig
     authorities: Mapping[str, AuthorityConfig]  # the three cluster CAs and the service CA
     leaf: LeafConfig
@@ -120,10 +121,6 @@ class ServerConfig:
     @property
     def tls_dir(self) -> Path:
         return self.state_dir / "tls"
-
-    @property
-    def database(self) -> Path:
-        return self.state_dir / "kubeca.db"
 
     @property
     def crl_dir(self) -> Path:
@@ -221,6 +218,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
             "metrics_listen",
             "tls",
             "grants",
+            "store",
         },
     )
 
@@ -239,6 +237,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         raise ConfigError("listen_bootstrap must be HOST:PORT, a port other than listen's")
     state_dir = resolve(top.string("state_dir", "state"))
     audit_log = resolve(top.string("audit_log", str(state_dir / "audit.log")))
+    store = _store(top.table("store", {"url"}), state_dir, resolve)
 
     hsm_table = top.table("hsm", {"module", "token_label", "pin_file", "pin_env"})
     pin_file = hsm_table.optional_string("pin_file")
@@ -252,9 +251,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         pin_env=pin_env,
     )
 
-    authorities_table = top.table("authorities", set(CLUSTER_AND_SERVICE_CAS))
+    authorities_table = top.table("authorities", set(ALL_CAS))
     authorities: dict[str, AuthorityConfig] = {}
-    for name in CLUSTER_AND_SERVICE_CAS:
+    for name in ALL_CAS:
         table = authorities_table.table(name, {"key_algorithm", "lifetime_days"})
         algorithm_text = table.string("key_algorithm", KeyAlgorithm.ECDSA_P256.value)
         try:
@@ -303,6 +302,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         max_request_bytes=top.integer(
             "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, 4096, 4 * 1024 * 1024
         ),
+        store=store,
         hsm=hsm,
         authorities=authorities,
         leaf=LeafConfig(timedelta(days=default_days), timedelta(days=max_days)),
@@ -310,6 +310,19 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         tls=tls,
         grants=grants,
     )
+
+
+def _store(table: _Table, state_dir: Path, resolve: Callable[[str], Path]) -> StoreConfig:
+    # SQLAlchemy's spelling: sqlite:///relative/path (from the config's directory) or
+    # sqlite:////absolute/path.
+    url = table.string("url", f"sqlite:///{state_dir / 'kubeca.db'}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "sqlite" or not rest.startswith("/") or len(rest) < 2:
+        raise ConfigError(
+            f"{table.key('url')}: {url[:80]!r} is not a store URL this kubeca knows "
+            "(sqlite:///PATH)"
+        )
+    return StoreConfig(url=url, sqlite_path=resolve(rest[1:]))
 
 
 GRANT_KEYS = {

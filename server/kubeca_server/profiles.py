@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubeca_client.authorities import ETCD_CA, FRONT_PROXY_CA, KUBERNETES_CA, SERVICE_CA
 from kubeca_client.errors import InvalidArgument
 from kubeca_client.names import (
     IPAddress,
@@ -28,10 +29,6 @@ from kubeca_client.names import (
     parse_ip,
     parse_san_list,
 )
-
-KUBERNETES_CA = "kubernetes-ca"
-ETCD_CA = "etcd-ca"
-FRONT_PROXY_CA = "front-proxy-ca"
 
 SYSTEM_MASTERS = "system:masters"
 BACKDATE = timedelta(minutes=5)
@@ -300,9 +297,15 @@ def parse_inputs(profile: Profile, parameters: Mapping[str, str]) -> Inputs:
 
 @dataclass(frozen=True)
 class Issuer:
+    """What a certificate takes from the CA generation that signs it."""
+
     name: x509.Name
-    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    key_identifier: bytes  # the CA certificate's SubjectKeyIdentifier
     not_after: datetime
+
+    @property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        return x509.AuthorityKeyIdentifier(self.key_identifier, None, None)
 
 
 def validity(now: datetime, lifetime: timedelta, issuer: Issuer) -> tuple[datetime, datetime]:
@@ -345,9 +348,7 @@ def build_leaf(
         )
         .add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key), critical=False
-        )
+        .add_extension(issuer.authority_key_identifier, critical=False)
     )
     sans = profile.sans(inputs)
     if sans:
@@ -363,17 +364,27 @@ def build_ca(
     serial: int,
     now: datetime,
     lifetime: timedelta,
+    issuer: Issuer | None = None,
 ) -> x509.CertificateBuilder:
-    """A self-signed root: CA:true critical, keyCertSign|cRLSign critical, SKI."""
+    """A CA: CA:true critical, keyCertSign|cRLSign critical, SKI. Self-signed (a root)
+    unless ``issuer`` is given: then a cross-certificate for the same key, signed by
+    ``issuer`` (an older generation), so clients trusting only that one accept it."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    own_key_id = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    authority = (
+        issuer.authority_key_identifier
+        if issuer is not None
+        else x509.AuthorityKeyIdentifier(own_key_id.digest, None, None)
+    )
+    not_after = now + lifetime if issuer is None else min(now + lifetime, issuer.not_after)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(issuer.name if issuer is not None else name)
         .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + lifetime)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -389,20 +400,10 @@ def build_ca(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
-        )
+        .add_extension(own_key_id, critical=False)
+        .add_extension(authority, critical=False)
     )
 
-
-SERVICE_CA = "kubeca-service-ca"
-CA_COMMON_NAMES: Mapping[str, str] = {
-    KUBERNETES_CA: "kubernetes",
-    ETCD_CA: "etcd-ca",
-    FRONT_PROXY_CA: "front-proxy-ca",
-    SERVICE_CA: "kubeca-service-ca",
-}
 
 # The service's own certificates, signed by the service CA. Not in PROFILES: no
 # request can name them, and the cluster never trusts their CA.

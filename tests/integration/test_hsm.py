@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -151,9 +152,13 @@ def test_serve_refuses_to_start_when_a_certificate_does_not_match_its_key(
 ) -> None:
     token, config = initialized
     swapped = write_server_config(tmp_path / "server", token)
-    ca_dir = tmp_path / "server" / "state" / "ca"
-    shutil.copytree(config.parent / "state" / "ca", ca_dir)
-    shutil.copy(ca_dir / "kubernetes-ca.crt", ca_dir / "etcd-ca.crt")
+    shutil.copytree(config.parent / "state", tmp_path / "server" / "state")
+    # The CA certificates live in the store: give etcd-ca the kubernetes-ca certificate.
+    with sqlite3.connect(tmp_path / "server" / "state" / "kubeca.db") as db:
+        db.execute(
+            "UPDATE ca_generations SET certificate_pem = (SELECT certificate_pem FROM "
+            "ca_generations WHERE authority = 'kubernetes-ca') WHERE authority = 'etcd-ca'"
+        )
     result = run_server_cli(swapped, token, "serve", check=False)
     assert result.returncode == 78
     assert "etcd-ca" in result.stderr and "does not match the HSM key" in result.stderr

@@ -34,15 +34,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubeca_client.client import Client, IssuedCertificate
 from kubeca_client.errors import InvalidArgument, NotFound, PermissionDenied
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
-from kubeca_server.ledger import (
-    GENESIS,
-    ChainRow,
-    Checkpoint,
-    checkpoint_is_genuine,
-    first_broken_link,
-    link_hash,
-    sign_checkpoint,
-)
+from kubeca_server.keys import sign_bytes
+from kubeca_server.ledger.chain import GENESIS, ChainRow, Checkpoint, first_broken_link, link_hash
+from kubeca_server.ledger.verify import checkpoint_is_genuine
 
 from tests.support import (
     BIN,
@@ -456,6 +450,7 @@ def snapshot(ledger: Ledger, tmp_path_factory: pytest.TempPathFactory) -> Snapsh
     shutil.copytree(server.state_dir / "ca", state / "ca")
     with opened(ledger.database) as live, opened(state / "kubeca.db") as copy:
         live.backup(copy)
+    shutil.copy(server.audit_log, state / "audit.log")  # nothing writes in between
     return Snapshot(state, server.token, int(match[1]), tuple(serials), revoked)
 
 
@@ -513,7 +508,7 @@ def test_without_a_pin_verify_says_its_anchor_came_from_the_state_it_checks(
 
 def test_a_replaced_service_ca_is_caught_by_the_pin(snapshot: Snapshot, tmp_path: Path) -> None:
     """Rewriting history, re-signing the checkpoints with a CA of one's own and putting
-    that CA in the state directory fools everything but an anchor kept elsewhere."""
+    that CA in the store fools everything but an anchor kept elsewhere."""
     config = snapshot.copy(tmp_path)
     pin = service_ca_pin(snapshot.state)
     other = ec.generate_private_key(ec.SECP256R1())
@@ -529,8 +524,13 @@ def test_a_replaced_service_ca_is_caught_by_the_pin(snapshot: Snapshot, tmp_path
         .not_valid_after(now + timedelta(days=1))
         .sign(other, hashes.SHA256())
     )
-    (tmp_path / "state" / "ca" / "kubeca-service-ca.crt").write_bytes(
-        forged.public_bytes(Encoding.PEM)
+    # The service CA's certificate lives in the store, beside the chain it anchors.
+    edit(
+        config,
+        (
+            "UPDATE ca_generations SET certificate_pem = ? WHERE authority = 'kubeca-service-ca'",
+            (forged.public_bytes(Encoding.PEM).decode(),),
+        ),
     )
     code, output = verify_copy(config, snapshot.token, pin)
     assert code == 1
@@ -672,8 +672,10 @@ def test_verify_reports_a_forged_checkpoint(snapshot: Snapshot, tmp_path: Path) 
         for r in chain_rows(config.parent / "state" / "kubeca.db")
         if r.seq == snapshot.checkpoint_seq
     )
-    forged = sign_checkpoint(
-        head.seq, head.hash, ec.generate_private_key(ec.SECP256R1()), datetime.now(UTC)
+    unsigned = Checkpoint(head.seq, head.hash, datetime.now(UTC), b"")
+    forger = ec.generate_private_key(ec.SECP256R1())
+    forged = Checkpoint(
+        head.seq, head.hash, unsigned.signed_at, sign_bytes(forger, unsigned.message())
     )
     edit(
         config,
@@ -699,7 +701,7 @@ def test_verify_reports_inventory_rows_without_their_issued_record(
         (
             "INSERT INTO certificates SELECT 'abcdef012345', authority, profile, subject, sans, "
             "public_key_sha256, fingerprint_sha256, not_before, not_after, caller, "
-            "request_fingerprint, certificate_pem, audit_seq, NULL, NULL "
+            "request_fingerprint, certificate_pem, audit_seq, NULL, NULL, issuer_key_id "
             "FROM certificates WHERE serial = ?",
             (moved,),
         ),

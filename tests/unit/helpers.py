@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,45 @@ def _signs_without_hash(key: Any) -> bool:
     return isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
 
 
+def der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _der_element(der: bytes, offset: int) -> tuple[int, int]:
+    """(content start, end) of the DER element that begins at ``offset``."""
+    length = der[offset + 1]
+    start = offset + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(der[start : start + count], "big")
+        start += count
+    return start, start + length
+
+
+def der_children(der: bytes) -> list[bytes]:
+    """The encoded elements inside the outer SEQUENCE of ``der`` (a CSR: the request
+    body, the signature algorithm, the signature)."""
+    offset, end = _der_element(der, 0)
+    children = []
+    while offset < end:
+        _, child_end = _der_element(der, offset)
+        children.append(der[offset:child_end])
+        offset = child_end
+    return children
+
+
+def der_sequence(children: Sequence[bytes]) -> bytes:
+    body = b"".join(children)
+    return b"\x30" + der_length(len(body)) + body
+
+
+def der_bit_string(data: bytes) -> bytes:
+    return b"\x03" + der_length(len(data) + 1) + b"\x00" + data
+
+
 def dns_sans(*names: str) -> list[x509.GeneralName]:
     return [x509.DNSName(n) for n in names]
 
@@ -96,6 +135,47 @@ def ips(*addresses: str) -> set[IP | IPNet]:
 
 def subject_attributes(name: x509.Name) -> list[tuple[str, str]]:
     return sorted((a.oid.dotted_string, str(a.value)) for a in name)
+
+
+class HookedKey(ec.EllipticCurvePrivateKey):
+    """A CA key that calls ``hook`` before each signature it makes (to count them, to
+    block, or to fail as an HSM can), and is otherwise the key it wraps. Like an HSM
+    key object, it signs and nothing else."""
+
+    def __init__(self, inner: Any, hook: Callable[[], None] = lambda: None) -> None:
+        assert isinstance(inner, ec.EllipticCurvePrivateKey)
+        self._inner = inner
+        self._hook = hook
+
+    def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        self._hook()
+        return self._inner.sign(data, signature_algorithm)
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._inner.public_key()
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._inner.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._inner.key_size
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        raise TypeError("sign-only")
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        raise TypeError("not extractable")
+
+    def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
+        raise TypeError("not extractable")
+
+    def __copy__(self) -> HookedKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> HookedKey:
+        return self
 
 
 # Parameters that satisfy each profile, and the certificate kubeadm would make from them

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubeca_client.errors import ConfigError
 from kubeca_client.keys import KeyAlgorithm
+from kubeca_server.ca import lifecycle
 from kubeca_server.config import ServerConfig, load_config, parse_config
 
 from tests.unit.conftest import minimal_config
@@ -46,9 +47,26 @@ def test_defaults(tmp_path: Path) -> None:
     for authority in config.authorities.values():
         assert authority.key_algorithm is KeyAlgorithm.ECDSA_P256
         assert authority.lifetime == timedelta(days=3650)
-        assert authority.key_label == f"kubeca/{authority.name}"
+        assert lifecycle.key_label(authority.name, 1) == f"kubeca/{authority.name}"
     assert config.hsm.pin_env == "X"
     assert config.hsm.pin_file is None
+
+
+def test_the_store_defaults_to_sqlite_in_the_state_dir(tmp_path: Path) -> None:
+    store = parse(tmp_path).store
+    assert store.sqlite_path == tmp_path / "state" / "kubeca.db"
+    assert store.url == f"sqlite:///{tmp_path / 'state' / 'kubeca.db'}"
+
+
+def test_a_relative_store_path_resolves_against_the_config_file(tmp_path: Path) -> None:
+    store = parse(tmp_path, store={"url": "sqlite:///db/kubeca.db"}).store
+    assert store.sqlite_path == tmp_path / "db" / "kubeca.db"
+
+
+@pytest.mark.parametrize("url", ["postgresql://db/kubeca", "sqlite:", "sqlite://", "kubeca.db"])
+def test_a_store_url_this_kubeca_does_not_know_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"store\.url.*not a store URL"):
+        parse(tmp_path, store={"url": url})
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

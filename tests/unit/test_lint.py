@@ -1,4 +1,5 @@
-"""lint.py: pkilint before the real signature; the single-label DNS allowance stays narrow."""
+"""ca/lint.py: pkilint before the real signature; the single-label DNS allowance stays
+narrow; CRLs are linted too."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InvalidArgument
-from kubeca_server.authority import Authority, Caller, IssueRequest
-from kubeca_server.lint import Finding, Linter
+from kubeca_server.ca.lint import Finding, Linter
 
-from tests.unit.conftest import CASet
-from tests.unit.helpers import NODE_PARAMS, make_csr, p256_key, subject
+from tests.unit.conftest import CALLER, CASet, World, issue
+from tests.unit.helpers import NODE_PARAMS, p256_key, subject
 
 
 def leaf_builder(
@@ -56,15 +56,24 @@ def test_well_formed_certificate_has_no_errors(linter: Linter) -> None:
     assert linter.errors(der(leaf_builder([x509.DNSName("node.example.com")]))) == []
 
 
-def test_issued_certificates_lint_clean(linter: Linter, authority: Authority) -> None:
+def test_issued_certificates_lint_clean(linter: Linter, world: World) -> None:
     for profile, params in [("apiserver", NODE_PARAMS), ("etcd-peer", NODE_PARAMS), ("admin", {})]:
-        issued = authority.issue(Caller("test-caller"), IssueRequest(profile, make_csr(), params))
+        issued = issue(world, profile, params)
         assert linter.errors(issued.certificate.public_bytes(Encoding.DER)) == []
 
 
 def test_ca_certificates_lint_clean(linter: Linter, ca_set: CASet) -> None:
     for ca in ca_set.authorities.values():
-        assert linter.errors(ca.certificate.public_bytes(Encoding.DER)) == []
+        assert linter.errors(ca.issuing.certificate.public_bytes(Encoding.DER)) == []
+
+
+def test_published_crls_lint_clean(linter: Linter, world: World) -> None:
+    revoked = issue(world, "etcd-healthcheck-client")
+    world.core.inventory.revoke(CALLER, revoked.serial_hex, "key_compromise")
+    for name in ("kubernetes-ca", "etcd-ca", "front-proxy-ca"):
+        published = world.core.crls.publish(name)
+        errors = [f for f in linter.crl_findings(published.der) if f.severity in {"FATAL", "ERROR"}]
+        assert errors == [], name
 
 
 @pytest.mark.parametrize("name", ["kubernetes", "localhost"])
@@ -117,11 +126,11 @@ def test_empty_san_extension_is_an_error(linter: Linter) -> None:
 
 def test_check_refuses_a_bad_template_before_signing(linter: Linter) -> None:
     with pytest.raises(InvalidArgument, match=r"would not pass lint.*bad\.\.name"):
-        linter.check(leaf_builder([x509.DNSName("bad..name")]), p256_key())
+        linter.check(leaf_builder([x509.DNSName("bad..name")]), p256_key().public_key())
 
 
 def test_check_accepts_a_good_template(linter: Linter) -> None:
-    linter.check(leaf_builder([x509.DNSName("kubernetes")]), p256_key())
+    linter.check(leaf_builder([x509.DNSName("kubernetes")]), p256_key().public_key())
 
 
 def test_finding_renders_severity_code_and_message() -> None:

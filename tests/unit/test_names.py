@@ -92,6 +92,19 @@ def test_parse_ip_refuses(value: str) -> None:
         parse_ip(value, WHAT)
 
 
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "fe80::1%eth0"])
+def test_addresses_no_host_can_be_reached_at_are_refused(address: str) -> None:
+    # Once certified as a node's advertise address; now refused by name.
+    with pytest.raises(InvalidArgument, match="advertise_address"):
+        parse_ip(address, "advertise_address")
+
+
+@pytest.mark.parametrize("san", ["0.0.0.0", "ff02::1"])
+def test_extra_sans_refuse_the_same_addresses(san: str) -> None:
+    with pytest.raises(InvalidArgument, match="extra_sans"):
+        parse_san_list(san, "extra_sans")
+
+
 def test_parse_cidr() -> None:
     assert parse_cidr("10.96.0.0/12", WHAT) == ipaddress.ip_network("10.96.0.0/12")
     assert parse_cidr("fd00::/108", WHAT) == ipaddress.ip_network("fd00::/108")

@@ -9,9 +9,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from kubeca_client.authorities import COMMON_NAMES
 from kubeca_client.errors import InvalidArgument
 from kubeca_server.profiles import (
-    CA_COMMON_NAMES,
     PROFILES,
     Inputs,
     Issuer,
@@ -27,7 +27,8 @@ NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def issuer(not_after: datetime) -> Issuer:
-    return Issuer(subject("kubernetes"), p256_key().public_key(), not_after)
+    key_id = x509.SubjectKeyIdentifier.from_public_key(p256_key().public_key()).digest
+    return Issuer(subject("kubernetes"), key_id, not_after)
 
 
 @pytest.mark.parametrize("profile", sorted(KUBEADM))
@@ -148,7 +149,7 @@ def test_build_ca_is_a_ca_with_cert_and_crl_sign() -> None:
 
 
 def test_ca_common_names_are_kubeadms() -> None:
-    assert dict(CA_COMMON_NAMES) == {
+    assert dict(COMMON_NAMES) == {
         "kubernetes-ca": "kubernetes",
         "etcd-ca": "etcd-ca",
         "front-proxy-ca": "front-proxy-ca",

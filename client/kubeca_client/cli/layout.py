@@ -55,10 +55,16 @@ def cmd_pki_control_plane(args: argparse.Namespace) -> int:
             parse_cidr(part.strip(), "--service-cidr")
     if spec.dns_domain:
         parse_dns_name(spec.dns_domain, "--dns-domain")
-    slots = control_plane_slots(spec, lifetime_seconds(args))
+    lifetime = lifetime_seconds(args)
     algorithm = key_algorithm(args)
     with connect(args) as client:
-        report = ensure_layout(client, args.dir, slots, algorithm, service_account_keys=True)
+        report = ensure_layout(
+            client,
+            args.dir,
+            lambda profiles: control_plane_slots(spec, profiles, lifetime),
+            algorithm,
+            service_account_keys=True,
+        )
     print_report(report, args.dir)
     return 0
 
@@ -67,10 +73,18 @@ def cmd_pki_worker(args: argparse.Namespace) -> int:
     node = parse_dns_name(args.node_name, "--node-name")
     address = str(parse_ip(args.address, "--address"))
     parse_endpoint_host(args.control_plane_endpoint, "--control-plane-endpoint")
-    slots = worker_slots(node, address, args.control_plane_endpoint, lifetime_seconds(args))
+    lifetime = lifetime_seconds(args)
     algorithm = key_algorithm(args)
     with connect(args) as client:
-        report = ensure_layout(client, args.dir, slots, algorithm, service_account_keys=False)
+        report = ensure_layout(
+            client,
+            args.dir,
+            lambda profiles: worker_slots(
+                node, address, args.control_plane_endpoint, profiles, lifetime
+            ),
+            algorithm,
+            service_account_keys=False,
+        )
     print_report(report, args.dir)
     return 0
 

@@ -8,9 +8,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kubeca_client.keys import KeyAlgorithm
 
 CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+CAPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 class KeyBackend(Protocol):
+    """Where CA keys live. Keys come out as cryptography private-key objects whose
+    ``sign`` runs inside the backend and whose export methods raise; only the CA
+    layer's ``Signer`` holds them."""
+
     def find_key(self, label: str) -> CAPrivateKey | None:
         """The key labelled ``label``, or None when there is none."""
 

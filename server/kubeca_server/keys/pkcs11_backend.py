@@ -118,6 +118,10 @@ def _public_der(public: Any) -> tuple[KeyType, bytes]:
 
 
 class Pkcs11Backend:
+    """CA keys in one PKCS#11 token, found by label, handed out as cryptography key
+    objects whose ``sign`` runs in the token under the module's lock; a lost session is
+    recovered once per call, a refused PIN never retried."""
+
     def __init__(
         self,
         module: str,

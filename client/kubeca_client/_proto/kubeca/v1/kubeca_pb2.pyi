@@ -614,11 +614,17 @@ class ListCertificatesRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     EXPIRING_WITHIN_SECONDS_FIELD_NUMBER: _builtins.int
     REVOKED_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     authority: _builtins.str
     profile: _builtins.str
     expiring_within_seconds: _builtins.int
     """Only certificates expiring within this many seconds from now; 0 for all."""
     revoked_only: _builtins.bool
+    page_size: _builtins.int
+    """At most this many records per answer (0: the server's default, 500; at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous answer; empty for the first page."""
     def __init__(
         self,
         *,
@@ -626,10 +632,12 @@ class ListCertificatesRequest(_message.Message):
         profile: _builtins.str = ...,
         expiring_within_seconds: _builtins.int = ...,
         revoked_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "expiring_within_seconds", b"expiring_within_seconds", "profile", b"profile", "revoked_only", b"revoked_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "expiring_within_seconds", b"expiring_within_seconds", "page_size", b"page_size", "page_token", b"page_token", "profile", b"profile", "revoked_only", b"revoked_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,16 +704,24 @@ class ListCertificatesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as page_token for the next page; empty after the last page."""
     @_builtins.property
-    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateRecord]: ...
+    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateRecord]:
+        """In order of expiry. A page may hold fewer than page_size records (those outside
+        the caller's grant are left out) and still be followed by more.
+        """
+
     def __init__(
         self,
         *,
         certificates: _abc.Iterable[Global___CertificateRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,7 +147,7 @@ class CertificateAuthorityServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCertificates(self, request, context):
-        """What the CA issued: the inventory, filtered (operators).
+        """What the CA issued: the inventory, filtered, one page at a time (operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

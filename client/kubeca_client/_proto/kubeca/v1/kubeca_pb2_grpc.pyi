@@ -56,7 +56,7 @@ class CertificateAuthorityStub:
     GetCRL: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.GetCRLRequest, _kubeca_pb2.GetCRLResponse]
     """The current DER CRL of one CA, signed in the HSM. Anyone may read it."""
     ListCertificates: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.ListCertificatesRequest, _kubeca_pb2.ListCertificatesResponse]
-    """What the CA issued: the inventory, filtered (operators)."""
+    """What the CA issued: the inventory, filtered, one page at a time (operators)."""
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -86,7 +86,7 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     GetCRL: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.GetCRLRequest, _kubeca_pb2.GetCRLResponse]  # type: ignore[assignment]
     """The current DER CRL of one CA, signed in the HSM. Anyone may read it."""
     ListCertificates: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.ListCertificatesRequest, _kubeca_pb2.ListCertificatesResponse]  # type: ignore[assignment]
-    """What the CA issued: the inventory, filtered (operators)."""
+    """What the CA issued: the inventory, filtered, one page at a time (operators)."""
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     """CertificateAuthority signs Kubernetes control-plane certificates under fixed
@@ -167,6 +167,6 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         request: _kubeca_pb2.ListCertificatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kubeca_pb2.ListCertificatesResponse, _abc.Awaitable[_kubeca_pb2.ListCertificatesResponse]]:
-        """What the CA issued: the inventory, filtered (operators)."""
+        """What the CA issued: the inventory, filtered, one page at a time (operators)."""
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

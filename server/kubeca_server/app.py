@@ -1,0 +1,192 @@
+"""The composition root: the only module that names concrete classes.
+
+Everything else receives what it uses (a ``KeyBackend``, a ``Store``, a ``Ledger``, a
+``CARegistry``) and never builds it, so a second store or key backend is one more
+branch here and in ``store.factory``, not a change threaded through the layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubeca_server.api import server as api_server
+from kubeca_server.api.ca_service import SERVICE_NAME, CAHandlers, ca_service
+from kubeca_server.api.health import HealthMonitor
+from kubeca_server.api.listeners import Listener, MutualTLS, ServerTLS
+from kubeca_server.api.methods import Environment
+from kubeca_server.ca import lifecycle
+from kubeca_server.ca.crl import CRLPublisher
+from kubeca_server.ca.lint import Linter
+from kubeca_server.ca.registry import CARegistry
+from kubeca_server.ca.service_tls import load_server_credentials
+from kubeca_server.config import ServerConfig
+from kubeca_server.issuance.inventory import Inventory
+from kubeca_server.issuance.permits import Gatekeeper
+from kubeca_server.issuance.pipeline import IssuancePipeline
+from kubeca_server.issuance.token_admin import TokenAdmin
+from kubeca_server.keys import KeyBackend
+from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
+from kubeca_server.ledger.audit import Ledger
+from kubeca_server.ledger.mirror import Mirror
+from kubeca_server.maintenance import Maintenance
+from kubeca_server.metrics import Metrics
+from kubeca_server.store.factory import open_store
+
+GRACE_SECONDS = 5.0
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_backend(config: ServerConfig, metrics: Metrics | None = None) -> KeyBackend:
+    on_sign = metrics.hsm_sign if metrics is not None else (lambda seconds: None)
+    return Pkcs11Backend(
+        config.hsm.module, config.hsm.token_label, config.hsm.read_pin(), on_sign=on_sign
+    )
+
+
+def open_ledger(config: ServerConfig, *, migrate: bool = False, clock: Clock = utc_now) -> Ledger:
+    """The store and the audit mirror, with the mirror caught up to the chain."""
+    store = open_store(config.store, migrate=migrate)
+    ledger = Ledger(store, Mirror(config.audit_log), clock)
+    ledger.sync_mirror()
+    return ledger
+
+
+def close_ledger(ledger: Ledger) -> None:
+    ledger.close()
+    ledger.store.close()
+
+
+@dataclass
+class Core:
+    """The domain of one process, built once: what the API and maintenance call."""
+
+    config: ServerConfig
+    backend: KeyBackend
+    ledger: Ledger
+    registry: CARegistry
+    pipeline: IssuancePipeline
+    inventory: Inventory
+    tokens: TokenAdmin
+    crls: CRLPublisher
+    clock: Clock
+
+    def probe(self) -> None:
+        """Raise Unavailable unless the HSM and the store both answer now."""
+        self.backend.probe()
+        self.ledger.store.probe()
+
+    def close(self) -> None:
+        self.backend.close()
+        close_ledger(self.ledger)
+
+
+def build_core(
+    config: ServerConfig,
+    backend: KeyBackend,
+    ledger: Ledger,
+    linter: Linter | None = None,
+    clock: Clock = utc_now,
+) -> Core:
+    registry = CARegistry(lifecycle.load(config, backend, ledger.store, linter or Linter(), clock))
+    gatekeeper = Gatekeeper(config.grants, ledger.store, clock)
+    crls = CRLPublisher(registry, ledger, config.crl_dir, clock=clock)
+    return Core(
+        config=config,
+        backend=backend,
+        ledger=ledger,
+        registry=registry,
+        pipeline=IssuancePipeline(
+            registry,
+            gatekeeper,
+            ledger,
+            config.leaf,
+            clock,
+            enable_super_admin=config.enable_super_admin,
+        ),
+        inventory=Inventory(gatekeeper, ledger, crls, clock),
+        tokens=TokenAdmin(gatekeeper, ledger, clock),
+        crls=crls,
+        clock=clock,
+    )
+
+
+def open_core(config: ServerConfig, metrics: Metrics | None = None) -> Core:
+    backend = open_backend(config, metrics)
+    try:
+        ledger = open_ledger(config)
+    except BaseException:
+        backend.close()
+        raise
+    try:
+        return build_core(config, backend, ledger)
+    except BaseException:
+        backend.close()
+        close_ledger(ledger)
+        raise
+
+
+def tls_listeners(config: ServerConfig, core: Core) -> list[Listener]:
+    service_ca = core.registry.service
+    tls = load_server_credentials(config, service_ca)
+    listeners: list[Listener] = [
+        MutualTLS(config.listen, tls.key_pem, tls.chain_pem, service_ca.bundle_pem.encode())
+    ]
+    if config.listen_bootstrap:
+        listeners.append(ServerTLS(config.listen_bootstrap, tls.key_pem, tls.chain_pem))
+    return listeners
+
+
+@dataclass
+class Worker:
+    core: Core
+    health: HealthMonitor
+    maintenance: Maintenance
+    servers: list[api_server.RunningServer]
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].ports[0]
+
+    def stop(self) -> None:
+        self.health.stop()
+        for server in self.servers:
+            server.stop(GRACE_SECONDS)
+        self.maintenance.stop()
+        self.health.join()
+        self.core.close()
+
+
+def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
+    metrics = Metrics(enabled=config.metrics_listen is not None)
+    core = open_core(config, metrics)
+    try:
+        listeners = tls_listeners(config, core)
+        health = HealthMonitor(core.probe, (SERVICE_NAME,), on_change=metrics.hsm_up)
+        env = Environment(core.ledger, metrics, health)
+        handlers = CAHandlers(
+            core.pipeline, core.registry, core.inventory, core.tokens, core.crls, metrics
+        )
+        maintenance = Maintenance(core.registry, core.crls, core.ledger, metrics, core.clock)
+        maintenance.run_once()
+        health.start()
+        maintenance.start()
+        servers = [
+            api_server.serve(
+                [ca_service(handlers)],
+                listeners,
+                env,
+                health,
+                max_request_bytes=config.max_request_bytes,
+                reuse_port=reuse_port,
+            )
+        ]
+    except BaseException:
+        core.close()
+        raise
+    return Worker(core, health, maintenance, servers)
