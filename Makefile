@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 # Debian packages by the command that proves each is there. kubectl may come from
 # another package (e.g. a cloud SDK), so it is only installed when no kubectl exists.
-DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client
+# PostgreSQL's server binaries live off PATH (/usr/lib/postgresql/15/bin): its probe is
+# pg_ctlcluster (postgresql-common, which postgresql-15 brings). p11-kit-modules gives
+# p11-kit-client.so, the module the replica tests load to reach one shared token.
+DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client \
+	pg_ctlcluster:postgresql-15 psql:postgresql-client-15 p11-kit:p11-kit \
+	/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so:p11-kit-modules
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
@@ -24,7 +29,7 @@ deps: deps-system deps-python
 deps-system:
 	@missing=""; for pair in $(DEB_NEEDS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  command -v $$cmd >/dev/null 2>&1 || test -e $$cmd || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

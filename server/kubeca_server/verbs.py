@@ -35,7 +35,7 @@ CHAIN_PAGE = 5000
 def migrate(config: ServerConfig) -> str:
     store = open_store(config.store, migrate=True)
     store.close()
-    return f"the store at {config.store.url} is at the current schema"
+    return f"the store at {config.store.display} is at the current schema"
 
 
 def run_init(config: ServerConfig) -> list[str]:
@@ -123,7 +123,7 @@ def verify_audit(config: ServerConfig, service_ca_hash: str | None) -> Verificat
     finally:
         store.close()
     if not generations:
-        raise ConfigError(f"the store at {config.store.url} holds no service CA; run init")
+        raise ConfigError(f"the store at {config.store.display} holds no service CA; run init")
     service_ca = x509.load_pem_x509_certificate(generations[0].certificate_pem.encode())
     entries = [
         InventoryEntry(
