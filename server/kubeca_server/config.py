@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,10 @@ class HsmConfig:
     token_label: str
     pin_file: Path | None
     pin_env: str | None
+    # What the module reads from its environment (e.g. P11_KIT_SERVER_ADDRESS for
+    # p11-kit-client.so, SOFTHSM2_CONF), set before it is loaded: from the config, so no
+    # wrapper script has to remember it. Never the PIN: that is pin_file or pin_env.
+    environment: Mapping[str, str] = field(default_factory=dict)
 
     def read_pin(self) -> str:
         if self.pin_file is not None:
@@ -278,7 +282,13 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         top.table("store", {"url", "password_file", "password_env"}), path, state_dir, resolve
     )
 
-    hsm_table = top.table("hsm", {"module", "token_label", "pin_file", "pin_env"})
+    hsm_table = top.table("hsm", {"module", "token_label", "pin_file", "pin_env", "environment"})
+    environment_table = hsm_table.table("environment", set(hsm_table.data.get("environment", {})))
+    environment = {}
+    for name in environment_table.data:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"hsm.environment: {name[:40]!r} is not an environment variable name")
+        environment[name] = environment_table.string(name)
     pin_file = hsm_table.optional_string("pin_file")
     pin_env = hsm_table.optional_string("pin_env")
     if (pin_file is None) == (pin_env is None):
@@ -288,6 +298,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         token_label=hsm_table.string("token_label"),
         pin_file=resolve(pin_file) if pin_file else None,
         pin_env=pin_env,
+        environment=environment,
     )
 
     authorities_table = top.table("authorities", set(ALL_CAS))

@@ -279,3 +279,23 @@ def test_load_config_reports_bad_toml(tmp_path: Path) -> None:
 def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_hsm_module_environment_comes_from_the_config(tmp_path: Path) -> None:
+    address = "unix:path=/run/kubeca/p11.sock"
+    config = parse(
+        tmp_path,
+        hsm={
+            "token_label": "t",
+            "pin_env": "X",
+            "environment": {"P11_KIT_SERVER_ADDRESS": address},
+        },
+    )
+    assert config.hsm.environment == {"P11_KIT_SERVER_ADDRESS": address}
+    message = refuse(
+        tmp_path,
+        minimal_config(
+            tmp_path, hsm={"token_label": "t", "pin_env": "X", "environment": {"A=B": "c"}}
+        ),
+    )
+    assert "not an environment variable name" in message
