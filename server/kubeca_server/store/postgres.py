@@ -9,6 +9,12 @@ across all of them is left to the database, not to a lock in any one process:
   a batch);
 - idempotency claims, one-time token uses and CRL numbers are single statements on a
   primary key (``INSERT ... ON CONFLICT``), which PostgreSQL makes exclusive;
+- "the current certificate of a request, or else its claim" is one decision: SQLite's
+  write unit holds the database's one write lock from BEGIN, here a write unit takes
+  the request's advisory lock in ``Inventory.current`` and ``Claims.release`` (which
+  the certificate's own record calls before adding it), so a unit looking for the
+  certificate and then claiming sees either the other replica's claim or its
+  certificate, never neither (which would sign the request twice);
 - a read-only unit is one REPEATABLE READ snapshot, so a checkpoint, a verification or
   an inventory walk sees one chain head.
 
@@ -46,6 +52,9 @@ from kubeca_server.store.records import (
 # Advisory lock keys (any two constants, the same in every replica).
 _CHAIN_LOCK = 0x6B756265_63610001
 _MIGRATE_LOCK = 0x6B756265_63610002
+# Two-key advisory locks (a key space apart from the one-key locks above): the class of
+# the per-request lock, the request fingerprint's hash the other key.
+_REQUEST_LOCK_CLASS = 0x6B756265
 # Connections each process keeps open; more units than this wait for one.
 POOL_SIZE = 8
 CONNECT_TIMEOUT_SECONDS = 5
@@ -201,7 +210,7 @@ class PostgresStore:
         )
         with self._connection(begin) as conn:
             try:
-                yield _Unit(conn)
+                yield _Unit(conn, not read_only)
             except BaseException:
                 if not conn.broken:
                     try:
@@ -236,8 +245,19 @@ def _sql(text: str) -> LiteralString:
 class _Roles:
     """Shared by the roles: the unit's connection, a lost connection as Unavailable."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], writes: bool = True) -> None:
         self._conn = conn
+        self._writes = writes
+
+    def _lock_request(self, request_fingerprint: str) -> None:
+        """Held to the end of the transaction (see the module's doc); only write units
+        decide anything, so read-only ones never wait for it."""
+        if self._writes:
+            self._run(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                _REQUEST_LOCK_CLASS,
+                request_fingerprint,
+            )
 
     def _all(self, sql: LiteralString, *args: object) -> list[tuple[Any, ...]]:
         try:
@@ -331,6 +351,7 @@ class _Inventory(_Roles):
         return found[0] if found else None
 
     def current(self, request_fingerprint: str, now: datetime) -> CertificateRow | None:
+        self._lock_request(request_fingerprint)
         found = self._select(
             "WHERE request_fingerprint = %s AND revoked_at IS NULL "
             "AND %s < not_after - (not_after - not_before) / 3 "
@@ -432,6 +453,7 @@ class _Claims(_Roles):
         )
 
     def release(self, request_fingerprint: str) -> None:
+        self._lock_request(request_fingerprint)
         self._run("DELETE FROM issuance_claims WHERE request_fingerprint = %s", request_fingerprint)
 
 
@@ -608,10 +630,10 @@ class _Generations(_Roles):
 class _Unit:
     """Every role over the unit's connection, inside its transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], writes: bool) -> None:
         self._conn = conn
         self.audit = _Chain(conn)
-        self.inventory = _Inventory(conn)
+        self.inventory = _Inventory(conn, writes)
         self.claims = _Claims(conn)
         self.tokens = _Tokens(conn)
         self.crl_numbers = _CrlNumbers(conn)
