@@ -15,13 +15,14 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench clean
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-replicas clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
 	@echo "make test   - install what is missing, lint, type-check, proto drift check, all tests"
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
+	@echo "make bench-replicas - two replicas on PostgreSQL beside one server on SQLite"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
 
 deps: deps-system deps-python
@@ -73,6 +74,9 @@ serve: deps
 
 bench: deps
 	$(PY) bench/issuance.py
+
+bench-replicas: deps
+	$(PY) bench/replicas.py
 
 clean:
 	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache
