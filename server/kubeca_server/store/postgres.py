@@ -103,6 +103,13 @@ class PostgresStore:
             # Timestamps come back in UTC whatever the server's default zone is.
             "options": "-c timezone=UTC",
             "autocommit": True,  # transactions are explicit (BEGIN in unit())
+            # A database behind a dead network link (no RST ever comes) must turn into
+            # Unavailable in seconds, not after the kernel's two-hour keepalive.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 3,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 20_000,  # ms unacknowledged data may wait
         }
         if password is not None:
             self._connect_args["password"] = password
