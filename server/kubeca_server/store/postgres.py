@@ -146,19 +146,22 @@ class PostgresStore:
         try:
             with self._idle_lock:
                 conn = self._idle.pop() if self._idle else None
-            try:
-                if conn is None:
-                    raise psycopg.OperationalError("no idle connection")
-                conn.execute(first)
-            except _LOST:
-                if conn is not None:
+            if conn is not None:
+                try:
+                    conn.execute(first)
+                except BaseException:
+                    # Dropped while idle (the server restarted), or unusable: a fresh one.
                     conn.close()
+                    conn = None
+            if conn is None:
                 conn = self._connect()
                 try:
                     conn.execute(first)
-                except _LOST as exc:
+                except BaseException as exc:
                     conn.close()
-                    raise _unavailable(exc) from None
+                    if isinstance(exc, _LOST):
+                        raise _unavailable(exc) from None
+                    raise
             try:
                 yield conn
             finally:
