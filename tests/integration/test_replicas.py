@@ -26,7 +26,7 @@ from tests.replica_cluster import (
     replica_config,
     short_tempdir,
 )
-from tests.support import RunningServer, make_token, run_server_cli
+from tests.support import BIN, RunningServer, make_token, run_server_cli
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +312,37 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None
     while not condition():
         assert time.monotonic() < deadline, f"the replicas did not report {what}"
         time.sleep(0.2)
+
+
+def test_checkpoints_signed_by_both_replicas_at_once_each_name_a_head_of_the_one_chain(
+    cluster: Cluster,
+) -> None:
+    cluster.ensure_running()
+    with cluster.client([0, 1]) as client:
+        client.issue_certificate("admin", _csr())  # something new to sign
+    signers = [
+        subprocess.Popen(
+            [str(BIN / "kubeca-server"), "--config", str(r.config), "audit", "checkpoint"],
+            env=r.token.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in cluster.replicas
+    ]
+    outputs = [signer.communicate(timeout=120) for signer in signers]
+    assert [signer.returncode for signer in signers] == [0, 0], outputs
+    store = cluster.store()
+    try:
+        with store.unit(read_only=True) as unit:
+            checkpoints = unit.checkpoints.all()
+            by_seq = {}
+            for checkpoint in checkpoints:
+                rows = unit.audit.rows(checkpoint.seq - 1, 1)
+                by_seq[checkpoint.seq] = rows[0].hash if rows else None
+    finally:
+        store.close()
+    assert checkpoints
+    assert all(by_seq[c.seq] == c.head_hash for c in checkpoints)
+    verified = audit_verify(cluster, 0)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
