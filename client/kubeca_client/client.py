@@ -168,8 +168,11 @@ def _utc(stamp: object) -> datetime:
 
 
 def _tls_refused(details: str) -> bool:
+    # Words of the transport, not of a status the service sent: its own UNAVAILABLE
+    # may well say "certificate" ("the HSM's keys do not match the CA certificates").
     text = details.lower()
-    return "socket closed" in text or "handshake" in text or "certificate" in text
+    transport = "socket closed" in text or "handshake" in text or "ssl" in text
+    return transport or ("certificate" in text and "failed to connect" in text)
 
 
 def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:

@@ -18,6 +18,7 @@ from kubeca_server.api.listeners import Listener, MutualTLS, ServerTLS
 from kubeca_server.api.methods import Environment
 from kubeca_server.ca import lifecycle
 from kubeca_server.ca.crl import CRLPublisher
+from kubeca_server.ca.keycheck import KeyGuard
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.service_tls import load_server_credentials
@@ -75,11 +76,14 @@ class Core:
     tokens: TokenAdmin
     crls: CRLPublisher
     clock: Clock
+    keys: KeyGuard
 
     def probe(self) -> None:
-        """Raise Unavailable unless the HSM and the store both answer now."""
+        """Raise Unavailable unless the HSM and the store both answer now, and the HSM's
+        keys are the CAs' (checked again after every reconnect)."""
         self.backend.probe()
         self.ledger.store.probe()
+        self.keys.ensure()
 
     def close(self) -> None:
         self.backend.close()
@@ -93,7 +97,11 @@ def build_core(
     linter: Linter | None = None,
     clock: Clock = utc_now,
 ) -> Core:
-    registry = CARegistry(lifecycle.load(config, backend, ledger.store, linter or Linter(), clock))
+    keys = KeyGuard(backend)
+    registry = CARegistry(
+        lifecycle.load(config, backend, ledger.store, linter or Linter(), clock, keys.ensure)
+    )
+    keys.watch(registry.generations)
     gatekeeper = Gatekeeper(config.grants, ledger.store, clock)
     crls = CRLPublisher(registry, ledger, config.crl_dir, clock=clock)
     return Core(
@@ -113,6 +121,7 @@ def build_core(
         tokens=TokenAdmin(gatekeeper, ledger, clock),
         crls=crls,
         clock=clock,
+        keys=keys,
     )
 
 

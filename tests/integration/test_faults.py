@@ -1,0 +1,103 @@
+"""Faults of issue 10 against a real server: a token swapped for one with the same
+label and PIN but other keys, kill -9 under load then the audit mirror, and an
+inventory far larger than one answer can hold."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kubeca_client.client import Client
+from kubeca_client.errors import Unavailable
+from kubeca_client.keys import KeyAlgorithm, generate_private_key
+from kubeca_client.pki import build_csr
+
+from tests.support import RunningServer, Token, make_token, run_server_cli, write_server_config
+
+LABEL = "kubeca-swap"
+
+
+def _health(server: RunningServer) -> int:
+    # The bootstrap port, without a client certificate: health is for anyone.
+    with grpc.secure_channel(
+        server.bootstrap_address, server.credentials(operator=False)
+    ) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="kubeca.v1.CertificateAuthority"), timeout=5
+        )
+        return int(reply.status)
+
+
+def _wait_health(server: RunningServer, status: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _health(server) == status:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"health did not become {status} within {timeout}s")
+
+
+def _issue_admin(client: Client) -> str:
+    key = generate_private_key(KeyAlgorithm.ECDSA_P256)
+    return client.issue_certificate("admin", build_csr(key), force_new=True).serial
+
+
+def _twin_token(original: Token, directory: Path) -> Token:
+    """A token with the same label and PIN as ``original``, CAs made by an init of its
+    own: the same key labels, other keys."""
+    directory.mkdir(parents=True, mode=0o700)
+    for secret in ("hsm-pin", "hsm-so-pin"):
+        shutil.copy2(original.dir / secret, directory / secret)
+    twin = make_token(directory, original.label)
+    run_server_cli(write_server_config(directory / "server", twin), twin, "init")
+    return twin
+
+
+# --- token swap --------------------------------------------------------------------------
+
+
+def test_a_token_with_other_keys_behind_the_same_labels_makes_the_service_unavailable(
+    tmp_path: Path,
+) -> None:
+    token = make_token(tmp_path / "hsm", LABEL)
+    config = write_server_config(tmp_path / "server", token)
+    run_server_cli(config, token, "init")
+    twin = _twin_token(token, tmp_path / "twin")
+    assert twin.pin == token.pin
+    server = RunningServer(config, token).start()
+    tokens, away = token.dir / "tokens", token.dir / "tokens.away"
+    try:
+        with server.client() as client:
+            before = _issue_admin(client)
+            # The swap: the server's token directory now holds the twin.
+            tokens.rename(away)
+            shutil.copytree(twin.dir / "tokens", tokens)
+            _wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+            for _ in range(3):
+                with pytest.raises(Unavailable, match="the HSM's keys do not match the CA"):
+                    _issue_admin(client)
+            assert _health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
+            # The right token back: the keys check out again.
+            shutil.rmtree(tokens)
+            away.rename(tokens)
+            _wait_health(server, health_pb2.HealthCheckResponse.SERVING)
+            after = _issue_admin(client)
+            serials = {c.serial for c in client.certificates(profile="admin")}
+    finally:
+        if away.exists():
+            shutil.rmtree(tokens, ignore_errors=True)
+            away.rename(tokens)
+        server.stop()
+    assert {before, after} <= serials
+    assert len(serials) == 2, "nothing was issued while the wrong keys were in place"
+    logged = [
+        json.loads(line) for line in server.log_path.read_text().splitlines() if line[:1] == "{"
+    ]
+    mismatches = [r for r in logged if r.get("event") == "hsm.keys_mismatch"]
+    assert mismatches and all(r["level"] == "error" for r in mismatches)
+    assert "do not match the CA certificates" in mismatches[0]["problem"]
