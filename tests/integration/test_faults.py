@@ -4,8 +4,13 @@ inventory far larger than one answer can hold."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +21,10 @@ from kubeca_client.client import Client
 from kubeca_client.errors import Unavailable
 from kubeca_client.keys import KeyAlgorithm, generate_private_key
 from kubeca_client.pki import build_csr
+from kubeca_server.ledger.chain import ChainRow
+from kubeca_server.ledger.mirror import mirror_line
 
+from tests.integration.test_ledger import descendants
 from tests.support import RunningServer, Token, make_token, run_server_cli, write_server_config
 
 LABEL = "kubeca-swap"
@@ -101,3 +109,92 @@ def test_a_token_with_other_keys_behind_the_same_labels_makes_the_service_unavai
     mismatches = [r for r in logged if r.get("event") == "hsm.keys_mismatch"]
     assert mismatches and all(r["level"] == "error" for r in mismatches)
     assert "do not match the CA certificates" in mismatches[0]["problem"]
+
+
+# --- crash, then the mirror --------------------------------------------------------------
+
+
+def _chain(database: Path) -> list[ChainRow]:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT seq, record, prev_hash, hash FROM audit_chain ORDER BY seq")
+        return [ChainRow(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+
+def _issue_until_failure(client: Client, stop: threading.Event, serials: list[str]) -> None:
+    while not stop.is_set():
+        try:
+            serials.append(_issue_admin(client))
+        except Exception:  # the server was killed under this request: stop asking
+            return
+
+
+def _kill_all(server: RunningServer) -> None:
+    assert server.process is not None
+    supervisor = server.process.pid
+    for pid in (supervisor, *descendants(supervisor)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert server.stop() == -signal.SIGKILL
+
+
+def _verify(config: Path, token: Token) -> tuple[int, str]:
+    done = run_server_cli(config, token, "audit", "verify", check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_after_kill_9_under_load_the_mirror_catches_up_with_the_chain(tmp_path: Path) -> None:
+    token = make_token(tmp_path / "hsm")
+    config = write_server_config(tmp_path / "server", token)
+    run_server_cli(config, token, "init")
+    server = RunningServer(config, token, workers=2).start()
+    database = server.state_dir / "kubeca.db"
+    own = (("grpc.use_local_subchannel_pool", 1),)
+    clients = [server.client(20, own) for _ in range(8)]
+    serials: list[list[str]] = [[] for _ in clients]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_issue_until_failure, args=(c, stop, s))
+        for c, s in zip(clients, serials, strict=True)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        _kill_all(server)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        for c in clients:
+            c.close()
+    assert sum(map(len, serials)) >= 8, "the clients were issuing when the server was killed"
+
+    # What the campaign saw after kill -9: the mirror without the chain's last records
+    # (the writer died between commit and mirror), the last of them half written.
+    lines = server.audit_log.read_bytes().splitlines(keepends=True)
+    assert len(lines) > 10
+    cut = lines[:-6] + [lines[-6][:20]]
+    server.audit_log.write_bytes(b"".join(cut))
+    kept = len(lines) - 6
+    head = _chain(database)[-1].seq
+    code, output = _verify(config, token)
+    assert code == 0, output
+    assert f"lags {head - kept} records behind the chain (from record {kept + 1})" in output
+
+    server.start()
+    server.stop()
+    rows = _chain(database)
+    mirrored = server.audit_log.read_text().splitlines()
+    assert mirrored == [mirror_line(row) for row in rows], "the mirror is the chain, line by line"
+    code, output = _verify(config, token)
+    assert code == 0, output
+    assert "lags" not in output
+
+    # A mirror that differs from the chain is a problem, not a lag.
+    fields = json.loads(mirrored[3])
+    fields["worker"] += 1
+    edited = json.dumps(fields, sort_keys=True, ensure_ascii=True)
+    server.audit_log.write_text("\n".join([*mirrored[:3], edited, *mirrored[4:]]) + "\n")
+    code, output = _verify(config, token)
+    assert code == 1
+    assert "mirror line 4 differs from chain record 4" in output
