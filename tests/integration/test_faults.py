@@ -173,7 +173,7 @@ def test_after_kill_9_under_load_the_mirror_catches_up_with_the_chain(tmp_path: 
     # (the writer died between commit and mirror), the last of them half written.
     lines = server.audit_log.read_bytes().splitlines(keepends=True)
     assert len(lines) > 10
-    cut = lines[:-6] + [lines[-6][:20]]
+    cut = [*lines[:-6], lines[-6][:20]]
     server.audit_log.write_bytes(b"".join(cut))
     kept = len(lines) - 6
     head = _chain(database)[-1].seq
