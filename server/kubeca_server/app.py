@@ -23,6 +23,7 @@ from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.service_tls import load_server_credentials
 from kubeca_server.config import ServerConfig
+from kubeca_server.issuance.credentials import RevokedCredentials
 from kubeca_server.issuance.inventory import Inventory
 from kubeca_server.issuance.permits import Gatekeeper
 from kubeca_server.issuance.pipeline import IssuancePipeline
@@ -77,6 +78,7 @@ class Core:
     crls: CRLPublisher
     clock: Clock
     keys: KeyGuard
+    credentials: RevokedCredentials
 
     def probe(self) -> None:
         """Raise Unavailable unless the HSM and the store both answer now, and the HSM's
@@ -122,6 +124,7 @@ def build_core(
         crls=crls,
         clock=clock,
         keys=keys,
+        credentials=RevokedCredentials(ledger.store),
     )
 
 
@@ -177,7 +180,7 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
     try:
         listeners = tls_listeners(config, core)
         health = HealthMonitor(core.probe, (SERVICE_NAME,), on_change=metrics.hsm_up)
-        env = Environment(core.ledger, metrics, health)
+        env = Environment(core.ledger, metrics, health, core.credentials)
         handlers = CAHandlers(
             core.pipeline, core.registry, core.inventory, core.tokens, core.crls, metrics
         )

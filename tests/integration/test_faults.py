@@ -10,22 +10,34 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kubeca_client.client import Client
-from kubeca_client.errors import Unavailable
+from kubeca_client.authorities import SERVICE_CA
+from kubeca_client.client import Client, channel_credentials
+from kubeca_client.errors import Unauthenticated, Unavailable
 from kubeca_client.keys import KeyAlgorithm, generate_private_key
 from kubeca_client.pki import build_csr
+from kubeca_server.issuance.credentials import REFRESH_SECONDS
 from kubeca_server.ledger.chain import ChainRow
 from kubeca_server.ledger.mirror import mirror_line
 
 from tests.integration.test_ledger import descendants
-from tests.support import RunningServer, Token, make_token, run_server_cli, write_server_config
+from tests.support import (
+    BIN,
+    OPERATOR,
+    RunningServer,
+    Token,
+    make_token,
+    run_server_cli,
+    write_server_config,
+)
 
 LABEL = "kubeca-swap"
 
@@ -198,3 +210,101 @@ def test_after_kill_9_under_load_the_mirror_catches_up_with_the_chain(tmp_path: 
     code, output = _verify(config, token)
     assert code == 1
     assert "mirror line 4 differs from chain record 4" in output
+
+
+# --- operator credentials: revoked, refused everywhere, renewed ----------------------------
+
+
+def _credential_serial(directory: Path) -> str:
+    certificate = x509.load_pem_x509_certificate((directory / "client.crt").read_bytes())
+    return format(certificate.serial_number, "x")
+
+
+def _as(server: RunningServer, directory: Path) -> Client:
+    """A client with the credential in ``directory``, on a connection of its own (so
+    that, over many clients, both workers answer)."""
+    credentials = channel_credentials(
+        server.service_ca.read_bytes(),
+        (directory / "client.crt").read_bytes(),
+        (directory / "client.key").read_bytes(),
+    )
+    return Client(
+        server.address, 10, (("grpc.use_local_subchannel_pool", 1),), credentials=credentials
+    )
+
+
+def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds(
+    tmp_path: Path,
+) -> None:
+    token = make_token(tmp_path / "hsm")
+    config = write_server_config(tmp_path / "server", token)
+    with config.open("a") as f:
+        f.write("revoke = true\n")  # the test operator's grant is the last table
+    run_server_cli(config, token, "init")
+    server = RunningServer(config, token, workers=2).start()
+    victim = tmp_path / "victim"
+    try:
+        run_server_cli(
+            config, token, "credentials", "issue", "--name", OPERATOR, "--out", str(victim)
+        )
+        serial = _credential_serial(victim)
+        with _as(server, victim) as client:
+            client.profiles()
+        with server.client() as operator:
+            listed = operator.certificates(authority=SERVICE_CA)
+            assert serial in {c.serial for c in listed}, "credentials are in the inventory"
+        done = subprocess.run(
+            [
+                str(BIN / "kubeca"),
+                "--config",
+                str(server.client_config(tmp_path / "c.toml")),
+                "revoke",
+                "--serial",
+                serial,
+                "--reason",
+                "key_compromise",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        revoked_at = time.monotonic()
+        time.sleep(REFRESH_SECONDS + 1)
+        refused = 0
+        for _ in range(12):
+            with _as(server, victim) as client:
+                with pytest.raises(Unauthenticated, match="was revoked"):
+                    client.profiles()
+                with pytest.raises(Unauthenticated, match="was revoked"):
+                    client.crl("etcd-ca")
+                refused += 1
+        assert time.monotonic() - revoked_at < 30
+        with server.client() as operator:
+            operator.profiles()  # the other credential of the same identity still works
+            crl = x509.load_der_x509_crl(operator.crl(SERVICE_CA).der)
+        assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+        published = x509.load_der_x509_crl(
+            (server.state_dir / "crl" / f"{SERVICE_CA}.crl").read_bytes()
+        )
+        assert published.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+
+        # Renewal: a new certificate for the same identity, in the same directory.
+        before = _credential_serial(server.credentials_dir)
+        renewed = run_server_cli(
+            config, token, "credentials", "issue", "--renew", str(server.credentials_dir)
+        )
+        assert "renewed" in renewed.stdout
+        after = _credential_serial(server.credentials_dir)
+        assert after != before
+        with _as(server, server.credentials_dir) as client:
+            client.profiles()
+    finally:
+        server.stop()
+    code, output = _verify(config, token)
+    assert code == 0, output
+    records = [json.loads(line) for line in server.audit_log.read_text().splitlines()]
+    renewals = [r for r in records if r["event"] == "credentials.issued" and r.get("renews")]
+    assert [(r["renews"], r["serial"]) for r in renewals] == [(before, after)]
+    assert sum(1 for r in records if r.get("status") == "UNAUTHENTICATED") >= refused

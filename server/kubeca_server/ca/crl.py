@@ -1,4 +1,5 @@
-"""Certificate revocation lists, one per cluster CA, signed in the HSM.
+"""Certificate revocation lists, one per CA (the service CA's lists revoked operator
+credentials), signed in the HSM.
 
 Published as DER (etcd 3.6 reads DER only) to state_dir/crl/<ca>.crl on every
 revocation and again before half the validity has passed, so a consumer re-reading
@@ -164,5 +165,6 @@ class CRLPublisher:
         return PublishedCRL(der, number, crl.last_update_utc, next_update)
 
     def refresh_all(self) -> None:
-        for ca in self._registry.cluster():
-            self.current(ca.name)
+        # The service CA's too: it lists revoked operator credentials.
+        for name in self._registry.snapshot():
+            self.current(name)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from kubeca_client.authorities import SERVICE_CA
 from kubeca_client.errors import InvalidArgument, NotFound, PermissionDenied
 
 from kubeca_server.ca.crl import CRLPublisher, PublishedCRL
@@ -53,7 +54,10 @@ def _decode(token: str) -> InventoryCursor | None:
 
 
 def visible(grant: Grant, row: CertificateRow) -> bool:
-    """Whether an operator's grant covers a certificate (could it have issued it?)."""
+    """Whether an operator's grant covers a certificate (could it have issued it?).
+    Operator credentials (the service CA's) are for grants that may revoke."""
+    if row.authority == SERVICE_CA:
+        return grant.revoke
     profile = PROFILES.get(row.profile)
     return profile is not None and grants.allows_profile(grant, profile)
 
