@@ -766,7 +766,7 @@ def test_refused_token_creation_is_audited(deployment: Deployment) -> None:
 def test_refused_token_listing_is_audited(deployment: Deployment) -> None:
     before = len(deployment.refusals_by("wildcard"))
     with deployment.as_identity("wildcard") as client, pytest.raises(PermissionDenied):
-        client.bootstrap_tokens()
+        list(client.bootstrap_tokens())
     assert len(deployment.refusals_by("wildcard")) == before + 1
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from kubeca_client.cli.common import connect, parse_duration
+from kubeca_client.client import CertificateRecord
 from kubeca_client.files import PUBLIC, atomic_write
 
 
@@ -32,7 +34,27 @@ def cmd_crl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_json(r: CertificateRecord) -> str:
+    return json.dumps(
+        {
+            "serial": r.serial,
+            "authority": r.authority,
+            "profile": r.profile,
+            "subject": r.subject,
+            "sans": list(r.sans),
+            "not_before": r.not_before.isoformat(),
+            "not_after": r.not_after.isoformat(),
+            "caller": r.caller,
+            "revoked": r.revoked,
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+            "revocation_reason": r.revocation_reason or None,
+            "fingerprint_sha256": r.fingerprint_sha256,
+        }
+    )
+
+
 def cmd_certs_list(args: argparse.Namespace) -> int:
+    """Prints each page as it arrives: an inventory of any size, in bounded memory."""
     within = (
         int(parse_duration(args.expiring_within).total_seconds()) if args.expiring_within else 0
     )
@@ -40,37 +62,21 @@ def cmd_certs_list(args: argparse.Namespace) -> int:
         records = client.certificates(
             args.authority or "", args.profile or "", within, args.revoked
         )
-    if args.output == "json":
-        print(
-            json.dumps(
-                [
-                    {
-                        "serial": r.serial,
-                        "authority": r.authority,
-                        "profile": r.profile,
-                        "subject": r.subject,
-                        "sans": list(r.sans),
-                        "not_before": r.not_before.isoformat(),
-                        "not_after": r.not_after.isoformat(),
-                        "caller": r.caller,
-                        "revoked": r.revoked,
-                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
-                        "revocation_reason": r.revocation_reason or None,
-                        "fingerprint_sha256": r.fingerprint_sha256,
-                    }
-                    for r in records
-                ],
-                indent=2,
+        if args.output == "json":
+            # One JSON array, written element by element.
+            separator = "[\n"
+            for r in records:
+                sys.stdout.write(separator + "  " + _record_json(r))
+                separator = ",\n"
+            print("[]" if separator == "[\n" else "\n]")
+            return 0
+        print(f"{'SERIAL':<34}{'CA':<18}{'PROFILE':<26}{'CALLER':<22}{'EXPIRES':<18}STATE")
+        for r in records:
+            state = f"revoked ({r.revocation_reason})" if r.revoked else "valid"
+            print(
+                f"{r.serial:<34}{r.authority:<18}{r.profile:<26}{r.caller[:21]:<22}"
+                f"{r.not_after:%Y-%m-%d %H:%M}  {state}"
             )
-        )
-        return 0
-    print(f"{'SERIAL':<34}{'CA':<16}{'PROFILE':<26}{'CALLER':<22}{'EXPIRES':<18}STATE")
-    for r in records:
-        state = f"revoked ({r.revocation_reason})" if r.revoked else "valid"
-        print(
-            f"{r.serial:<34}{r.authority:<16}{r.profile:<26}{r.caller[:21]:<22}"
-            f"{r.not_after:%Y-%m-%d %H:%M}  {state}"
-        )
     return 0
 
 

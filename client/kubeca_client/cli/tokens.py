@@ -42,18 +42,19 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     with connect(args) as client:
+        # Page after page, each printed as it arrives.
         tokens = client.bootstrap_tokens()
-    print(f"{'ID':<8}{'NODE':<24}{'PROFILES':<34}{'USED':<34}{'EXPIRES':<18}STATE")
-    for t in tokens:
-        state = (
-            "revoked"
-            if t.revoked
-            else ("used" if set(t.used_profiles) >= set(t.profiles) else "valid")
-        )
-        print(
-            f"{t.token_id:<8}{t.node_name:<24}{','.join(t.profiles):<34}"
-            f"{','.join(t.used_profiles) or '-':<34}{t.expires:%Y-%m-%d %H:%M}  {state}"
-        )
+        print(f"{'ID':<8}{'NODE':<24}{'PROFILES':<34}{'USED':<34}{'EXPIRES':<18}STATE")
+        for t in tokens:
+            state = (
+                "revoked"
+                if t.revoked
+                else ("used" if set(t.used_profiles) >= set(t.profiles) else "valid")
+            )
+            print(
+                f"{t.token_id:<8}{t.node_name:<24}{','.join(t.profiles):<34}"
+                f"{','.join(t.used_profiles) or '-':<34}{t.expires:%Y-%m-%d %H:%M}  {state}"
+            )
     return 0
 
 

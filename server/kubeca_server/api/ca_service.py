@@ -154,8 +154,11 @@ class CAHandlers:
     def list_tokens(
         self, request: pb.ListBootstrapTokensRequest, caller: Caller
     ) -> pb.ListBootstrapTokensResponse:
-        records = self._tokens.list(caller)
-        return pb.ListBootstrapTokensResponse(tokens=[messages.bootstrap_token(r) for r in records])
+        page = self._tokens.page(caller, request.page_token, request.page_size)
+        return pb.ListBootstrapTokensResponse(
+            tokens=[messages.bootstrap_token(r) for r in page.tokens],
+            next_page_token=page.next_token,
+        )
 
     def revoke_token(
         self, request: pb.RevokeBootstrapTokenRequest, caller: Caller

@@ -91,5 +91,9 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE revoked_at IS NOT NULL;
     CREATE INDEX certificates_issuer ON certificates(authority, issuer_key_id, not_after);
     """,
+    # 3: bootstrap tokens listed page by page, latest to expire first: a range scan.
+    """
+    CREATE INDEX bootstrap_tokens_expiry ON bootstrap_tokens(expires_at, token_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
