@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,8 @@ from kubeca_client.pki import build_csr
 from kubeca_server.issuance.credentials import REFRESH_SECONDS
 from kubeca_server.ledger.chain import ChainRow
 from kubeca_server.ledger.mirror import mirror_line
+from kubeca_server.store import CertificateRow
+from kubeca_server.store.sqlite import SQLiteStore
 
 from tests.integration.test_ledger import descendants
 from tests.support import (
@@ -308,3 +311,104 @@ def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds
     renewals = [r for r in records if r["event"] == "credentials.issued" and r.get("renews")]
     assert [(r["renews"], r["serial"]) for r in renewals] == [(before, after)]
     assert sum(1 for r in records if r.get("status") == "UNAUTHENTICATED") >= refused
+
+
+# --- many rows, then list ------------------------------------------------------------------
+
+ROWS = 100_000
+
+
+def _fill_inventory(database: Path, rows: int) -> None:
+    """``rows`` kube-proxy certificates straight into the store, in one unit of work
+    (signing them would take an hour); each names one bulk audit record."""
+    store = SQLiteStore(database)
+    try:
+        now = datetime.now(UTC)
+        with store.unit() as unit:
+            seq = unit.audit.append({"event": "test.bulk_inventory", "rows": rows}).seq
+            for n in range(rows):
+                unit.inventory.add(
+                    CertificateRow(
+                        serial=f"{0xB0000000 + n:x}",
+                        authority="kubernetes-ca",
+                        profile="kube-proxy",
+                        subject="CN=system:kube-proxy",
+                        sans=(),
+                        public_key_sha256=f"{n:064x}",
+                        fingerprint_sha256=f"{n:064x}",
+                        not_before=now,
+                        not_after=now + timedelta(days=1, seconds=n),
+                        caller=OPERATOR,
+                        request_fingerprint=f"bulk-{n}",
+                        certificate_pem="-----BEGIN CERTIFICATE-----\n(bulk)\n",
+                        audit_seq=seq,
+                    )
+                )
+    finally:
+        store.close()
+
+
+def _issue_timed(client: Client, count: int) -> list[float]:
+    seconds = []
+    for _ in range(count):
+        started = time.perf_counter()
+        _issue_admin(client)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def test_an_inventory_of_100000_rows_is_listed_page_by_page_while_issuance_goes_on(
+    tmp_path: Path,
+) -> None:
+    token = make_token(tmp_path / "hsm")
+    config = write_server_config(tmp_path / "server", token)
+    run_server_cli(config, token, "init")
+    server = RunningServer(config, token)
+    started = time.perf_counter()
+    _fill_inventory(server.state_dir / "kubeca.db", ROWS)
+    filled = time.perf_counter() - started
+    server.start()
+    client_config = server.client_config(tmp_path / "client.toml", timeout=60)
+    listing: dict[str, object] = {}
+
+    def list_all() -> None:
+        began = time.perf_counter()
+        done = subprocess.run(
+            [str(BIN / "kubeca"), "--config", str(client_config), "certs", "list", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        listing.update(code=done.returncode, out=done.stdout, err=done.stderr)
+        listing["seconds"] = time.perf_counter() - began
+
+    try:
+        with server.client(60) as client:
+            quiet = _issue_timed(client, 20)
+            lister = threading.Thread(target=list_all)
+            lister.start()
+            busy: list[float] = []
+            while lister.is_alive():
+                busy.extend(_issue_timed(client, 1))
+            lister.join()
+            after = _issue_timed(client, 5)
+    finally:
+        server.stop()
+    assert listing["code"] == 0, str(listing["err"])[-2000:]
+    records = json.loads(str(listing["out"]))
+    serials = [r["serial"] for r in records]
+    assert len(serials) == len(set(serials)), "no record twice across pages"
+    bulk = {f"{0xB0000000 + n:x}" for n in range(ROWS)}
+    assert bulk <= set(serials), "every row of the inventory, across every page"
+    assert len(busy) >= 1 and len(after) == 5, "issuance went on while the list was read"
+    figures = {
+        "rows": ROWS,
+        "fill_seconds": round(filled, 1),
+        "list_seconds": round(float(str(listing["seconds"])), 1),
+        "issue_ms_quiet_median": round(1000 * sorted(quiet)[len(quiet) // 2], 1),
+        "issue_ms_while_listing_median": round(1000 * sorted(busy)[len(busy) // 2], 1),
+        "issue_ms_while_listing_max": round(1000 * max(busy), 1),
+        "issued_while_listing": len(busy),
+    }
+    print("many-rows figures:", json.dumps(figures))
