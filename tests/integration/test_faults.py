@@ -310,7 +310,9 @@ def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds
     records = [json.loads(line) for line in server.audit_log.read_text().splitlines()]
     renewals = [r for r in records if r["event"] == "credentials.issued" and r.get("renews")]
     assert [(r["renews"], r["serial"]) for r in renewals] == [(before, after)]
-    assert sum(1 for r in records if r.get("status") == "UNAUTHENTICATED") >= refused
+    refusals = [r for r in records if "was revoked" in str(r.get("reason", ""))]
+    assert len(refusals) == 2 * refused, "every call with the revoked credential, audited"
+    assert len({r["worker"] for r in refusals}) == 2, "both workers refused it"
 
 
 # --- many rows, then list ------------------------------------------------------------------
