@@ -236,6 +236,13 @@ def _as(server: RunningServer, directory: Path) -> Client:
     )
 
 
+def _assert_listed(serial: str, fetched: bytes, published: Path) -> None:
+    """The service CA's CRL, as GetCRL answers it and as the file on disk, lists it."""
+    for der in (fetched, published.read_bytes()):
+        crl = x509.load_der_x509_crl(der)
+        assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+
+
 def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds(
     tmp_path: Path,
 ) -> None:
@@ -286,12 +293,8 @@ def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds
         assert time.monotonic() - revoked_at < 30
         with server.client() as operator:
             operator.profiles()  # the other credential of the same identity still works
-            crl = x509.load_der_x509_crl(operator.crl(SERVICE_CA).der)
-        assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
-        published = x509.load_der_x509_crl(
-            (server.state_dir / "crl" / f"{SERVICE_CA}.crl").read_bytes()
-        )
-        assert published.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+            fetched = operator.crl(SERVICE_CA).der
+        _assert_listed(serial, fetched, server.state_dir / "crl" / f"{SERVICE_CA}.crl")
 
         # Renewal: a new certificate for the same identity, in the same directory.
         before = _credential_serial(server.credentials_dir)
