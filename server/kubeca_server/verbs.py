@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
@@ -21,6 +22,7 @@ from kubeca_client.keys import spki_der, spki_hash
 
 from kubeca_server.app import close_ledger, open_backend, open_core, open_ledger, utc_now
 from kubeca_server.ca import lifecycle
+from kubeca_server.ca.authority import CertificateAuthority
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.service_tls import ensure_server_certificate, issue_operator_credentials
 from kubeca_server.config import ServerConfig
@@ -29,7 +31,7 @@ from kubeca_server.ledger.chain import ChainRow, Checkpoint
 from kubeca_server.ledger.checkpoints import checkpoint
 from kubeca_server.ledger.verify import InventoryEntry, Verification, check_mirror, verify
 from kubeca_server.profiles import OPERATOR
-from kubeca_server.store import CertificateRow, InventoryCursor, InventoryQuery
+from kubeca_server.store import CertificateRow, InventoryCursor, InventoryQuery, Store
 from kubeca_server.store.changes import AddCertificate
 from kubeca_server.store.factory import open_store
 
@@ -83,6 +85,25 @@ def credential_name(certificate: x509.Certificate) -> str:
     return str(names[0].value)
 
 
+def _renewable(store: Store, service_ca: CertificateAuthority, old: x509.Certificate) -> str:
+    """The serial of ``old`` if this service CA signed it and it is not revoked."""
+    generation = service_ca.signer_of(old)
+    try:
+        if generation is None:
+            raise ValueError("no generation of the service CA signed it")
+        old.verify_directly_issued_by(generation.certificate)
+    except (InvalidSignature, ValueError, TypeError):
+        raise ConfigError("--renew: that certificate was not issued by this service CA") from None
+    serial = format(old.serial_number, "x")
+    with store.unit(read_only=True) as unit:
+        row = unit.inventory.find(serial)
+    if row is not None and row.revoked_at is not None:
+        raise ConfigError(
+            f"--renew: credential {serial} was revoked; issue a new one with --name and --out"
+        )
+    return serial
+
+
 def issue_credentials(
     config: ServerConfig,
     name: str,
@@ -100,9 +121,7 @@ def issue_credentials(
         service_ca = core.registry.service
         renewed_serial = None
         if renews is not None:
-            if service_ca.signer_of(renews) is None:
-                raise ConfigError("--renew: that certificate was not issued by this service CA")
-            renewed_serial = format(renews.serial_number, "x")
+            renewed_serial = _renewable(core.ledger.store, service_ca, renews)
         credentials = issue_operator_credentials(name, service_ca, lifetime)
         certificate = credentials.certificate
         serial = format(certificate.serial_number, "x")

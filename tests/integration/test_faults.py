@@ -236,6 +236,26 @@ def _as(server: RunningServer, directory: Path) -> Client:
     )
 
 
+def _renew(server: RunningServer, revoked: Path) -> tuple[str, str]:
+    """A revoked credential is not renewed; a current one is: a new certificate for the
+    same identity, in the same directory, that works. The serials before and after."""
+    refused = run_server_cli(
+        server.config, server.token, "credentials", "issue", "--renew", str(revoked), check=False
+    )
+    assert refused.returncode != 0
+    assert "was revoked" in refused.stderr
+    before = _credential_serial(server.credentials_dir)
+    renewed = run_server_cli(
+        server.config, server.token, "credentials", "issue", "--renew", str(server.credentials_dir)
+    )
+    assert "renewed" in renewed.stdout
+    after = _credential_serial(server.credentials_dir)
+    assert after != before
+    with _as(server, server.credentials_dir) as client:
+        client.profiles()
+    return before, after
+
+
 def _assert_listed(serial: str, fetched: bytes, published: Path) -> None:
     """The service CA's CRL, as GetCRL answers it and as the file on disk, lists it."""
     for der in (fetched, published.read_bytes()):
@@ -296,16 +316,7 @@ def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds
             fetched = operator.crl(SERVICE_CA).der
         _assert_listed(serial, fetched, server.state_dir / "crl" / f"{SERVICE_CA}.crl")
 
-        # Renewal: a new certificate for the same identity, in the same directory.
-        before = _credential_serial(server.credentials_dir)
-        renewed = run_server_cli(
-            config, token, "credentials", "issue", "--renew", str(server.credentials_dir)
-        )
-        assert "renewed" in renewed.stdout
-        after = _credential_serial(server.credentials_dir)
-        assert after != before
-        with _as(server, server.credentials_dir) as client:
-            client.profiles()
+        before, after = _renew(server, victim)
     finally:
         server.stop()
     code, output = _verify(config, token)
