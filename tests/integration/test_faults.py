@@ -28,7 +28,7 @@ from kubeca_client.pki import build_csr
 from kubeca_server.issuance.credentials import REFRESH_SECONDS
 from kubeca_server.ledger.chain import ChainRow
 from kubeca_server.ledger.mirror import mirror_line
-from kubeca_server.store import CertificateRow
+from kubeca_server.store import CertificateRow, TokenRecord
 from kubeca_server.store.sqlite import SQLiteStore
 
 from tests.integration.test_ledger import descendants
@@ -332,11 +332,13 @@ def test_a_revoked_operator_credential_is_refused_by_every_worker_within_seconds
 # --- many rows, then list ------------------------------------------------------------------
 
 ROWS = 100_000
+TOKENS = 2_500  # bootstrap tokens: 25 pages of the default 100
 
 
 def _fill_inventory(database: Path, rows: int) -> None:
-    """``rows`` kube-proxy certificates straight into the store, in one unit of work
-    (signing them would take an hour); each names one bulk audit record."""
+    """``rows`` kube-proxy certificates (and TOKENS bootstrap tokens) straight into the
+    store, in one unit of work (signing them would take an hour); each certificate
+    names one bulk audit record."""
     store = SQLiteStore(database)
     try:
         now = datetime.now(UTC)
@@ -358,6 +360,19 @@ def _fill_inventory(database: Path, rows: int) -> None:
                         request_fingerprint=f"bulk-{n}",
                         certificate_pem="-----BEGIN CERTIFICATE-----\n(bulk)\n",
                         audit_seq=seq,
+                    )
+                )
+            for n in range(TOKENS):
+                unit.tokens.add(
+                    TokenRecord(
+                        token_id=f"{n:06d}",
+                        secret_hash="00" * 32,
+                        profiles=("kubelet-client",),
+                        node_name=f"worker-{n}",
+                        addresses=(),
+                        expires_at=now + timedelta(hours=1, seconds=n),
+                        created_by=OPERATOR,
+                        created_at=now,
                     )
                 )
     finally:
@@ -409,8 +424,18 @@ def test_an_inventory_of_100000_rows_is_listed_page_by_page_while_issuance_goes_
                 busy.extend(_issue_timed(client, 1))
             lister.join()
             after = _issue_timed(client, 5)
+        tokens = subprocess.run(
+            [str(BIN / "kubeca"), "--config", str(client_config), "token", "list"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
         server.stop()
+    assert tokens.returncode == 0, tokens.stderr
+    listed_ids = [line.split()[0] for line in tokens.stdout.splitlines()[1:]]
+    assert sorted(listed_ids) == [f"{n:06d}" for n in range(TOKENS)], "every token, every page"
     assert listing["code"] == 0, str(listing["err"])[-2000:]
     records = json.loads(str(listing["out"]))
     serials = [r["serial"] for r in records]
