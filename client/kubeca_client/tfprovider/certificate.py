@@ -231,7 +231,13 @@ class Certificate(BaseResource[Literal["kubeca_certificate"], CertificateState, 
         # everything else requires a replacement, planned as a create.
         prior = ctx.state
         assert isinstance(prior, CertificateState)
-        renewed = attrs.evolve(prior, renew_before=base_plan.get("renew_before"))
+        planned_window = base_plan.get("renew_before")
+        # Unknown until apply (from another resource): judge by the window in state.
+        renewed = (
+            attrs.evolve(prior, renew_before=planned_window)
+            if planned_window is None or isinstance(planned_window, str)
+            else prior
+        )
         if prior.ready_for_renewal or due(renewed, datetime.now(UTC)):
             # Terraform replaces only for a path whose value changes: ready_for_renewal
             # goes true -> false after a refresh found it due, and cert_pem becomes

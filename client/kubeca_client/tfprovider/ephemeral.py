@@ -8,7 +8,7 @@ as with any ephemeral value.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import attrs
 from pyvider.ephemerals import (
@@ -21,7 +21,7 @@ from pyvider.resources.private_state import PrivateState
 from pyvider.schema import PvsSchema, s_resource
 
 from kubeca_client.client import Client, IssuedCertificate
-from kubeca_client.errors import InvalidArgument, KubecaError
+from kubeca_client.errors import KubecaError
 from kubeca_client.tfprovider import checks
 from kubeca_client.tfprovider.certificate import (
     issued_attributes,
@@ -118,11 +118,13 @@ class EphemeralCertificate(
     async def renew(
         self, ctx: EphemeralResourceContext[None, EphemeralPrivate]
     ) -> tuple[EphemeralPrivate, datetime]:
+        # Terraform asks only when a run outlives the certificate (renew_at is its
+        # not_after): a certificate cannot be extended, and the next run opens a new one.
         private = ctx.private_state
-        if private is None or not private.not_after:
-            raise InvalidArgument("nothing to renew: the certificate was never opened")
-        # A certificate cannot be extended; the next run opens a new one.
-        return private, max(checks.parse_rfc3339(private.not_after), datetime.now(UTC))
+        expired = private.not_after if private is not None else "before this run ended"
+        error = ResourceError(f"the certificate expired at {expired}, during this run")
+        error.add_context("terraform.summary", "kubeca certificate expired; run again")
+        raise error
 
     async def close(self, ctx: EphemeralResourceContext[None, EphemeralPrivate]) -> None:
         return None
