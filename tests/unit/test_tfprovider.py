@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from kubeca_client.cli import main
 from kubeca_client.client import ProfileInfo, ProfileParameter
 from kubeca_client.errors import ConfigError, InvalidArgument
 from kubeca_client.tfprovider import checks, install
@@ -228,3 +229,22 @@ def test_the_cli_configs_take_kubeca_from_the_mirror_or_the_override(tmp_path: P
     assert f'"kubeca/kubeca" = "{tmp_path}' in install.dev_override_cli_config(tmp_path)
     written = install.install_for_dev_override(tmp_path / "plugins")
     assert written == tmp_path / "plugins" / "terraform-provider-kubeca"
+
+
+def test_install_defaults_to_terraforms_implied_mirror_and_prints_no_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["terraform-provider", "install"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing to configure: Terraform searches this mirror itself
+    found = list((tmp_path / ".terraform.d" / "plugins").rglob("terraform-provider-kubeca_v*"))
+    assert len(found) == 1 and str(found[0]) in err
+
+
+def test_install_elsewhere_prints_the_cli_config_on_stdout_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["terraform-provider", "install", "--mirror", str(tmp_path / "m")]) == 0
+    out, _ = capsys.readouterr()
+    assert out == install.mirror_cli_config((tmp_path / "m").resolve())
