@@ -10,7 +10,7 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench clean
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
@@ -18,6 +18,7 @@ help:
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
+	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
 
 deps: deps-system deps-python
 
@@ -36,7 +37,7 @@ deps-python: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[server,terraform,dev]'
 	touch $@
 
 proto: deps-python
@@ -68,6 +69,11 @@ serve: deps
 
 bench: deps
 	$(PY) bench/issuance.py
+
+# The native Terraform provider, into Terraform's implied mirror (no CLI config needed)
+# or into TF_MIRROR, printing the provider_installation block that mirror needs.
+terraform-provider: deps-python
+	$(BIN)/kubeca terraform-provider install $(if $(TF_MIRROR),--mirror $(TF_MIRROR))
 
 clean:
 	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache
