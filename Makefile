@@ -15,7 +15,7 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-replicas clean
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-replicas terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
 	@echo "make bench-replicas - two replicas on PostgreSQL beside one server on SQLite"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
+	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
 
 deps: deps-system deps-python
 
@@ -42,7 +43,7 @@ deps-python: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[server,terraform,dev]'
 	touch $@
 
 proto: deps-python
@@ -77,6 +78,11 @@ bench: deps
 
 bench-replicas: deps
 	$(PY) bench/replicas.py
+
+# The native Terraform provider, into Terraform's implied mirror (no CLI config needed)
+# or into TF_MIRROR, printing the provider_installation block that mirror needs.
+terraform-provider: deps-python
+	$(BIN)/kubeca terraform-provider install $(if $(TF_MIRROR),--mirror $(TF_MIRROR))
 
 clean:
 	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache

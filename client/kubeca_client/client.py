@@ -14,7 +14,7 @@ refusal in the ledger, and a retried INVALID_ARGUMENT the same mistake twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,8 +181,11 @@ def _utc(stamp: object) -> datetime:
 
 
 def _tls_refused(details: str) -> bool:
+    # Words of the transport, not of a status the service sent: its own UNAVAILABLE
+    # may well say "certificate" ("the HSM's keys do not match the CA certificates").
     text = details.lower()
-    return "socket closed" in text or "handshake" in text or "certificate" in text
+    transport = "socket closed" in text or "handshake" in text or "ssl" in text
+    return transport or ("certificate" in text and "failed to connect" in text)
 
 
 def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
@@ -389,25 +392,30 @@ class Client:
         r = self._invoke(lambda stub, left: stub.CreateBootstrapToken(request, timeout=left))
         return CreatedToken(r.token, r.token_id, _utc(r.expires), r.ca_cert_hash)
 
-    def bootstrap_tokens(self) -> list[BootstrapToken]:
-        r = self._invoke(
-            lambda stub, left: stub.ListBootstrapTokens(
-                pb.ListBootstrapTokensRequest(), timeout=left
+    def bootstrap_tokens(self, page_size: int = 0) -> Iterator[BootstrapToken]:
+        """Every live token the caller may see, page after page, as they arrive."""
+        token = ""
+        while True:
+            request = pb.ListBootstrapTokensRequest(page_size=page_size, page_token=token)
+            r = self._invoke(
+                lambda stub, left, request=request: stub.ListBootstrapTokens(  # type: ignore[misc]
+                    request, timeout=left
+                )
             )
-        )
-        return [
-            BootstrapToken(
-                token_id=t.token_id,
-                profiles=tuple(t.profiles),
-                node_name=t.node_name,
-                addresses=tuple(t.addresses),
-                expires=_utc(t.expires),
-                created_by=t.created_by,
-                used_profiles=tuple(t.used_profiles),
-                revoked=t.revoked,
-            )
-            for t in r.tokens
-        ]
+            for t in r.tokens:
+                yield BootstrapToken(
+                    token_id=t.token_id,
+                    profiles=tuple(t.profiles),
+                    node_name=t.node_name,
+                    addresses=tuple(t.addresses),
+                    expires=_utc(t.expires),
+                    created_by=t.created_by,
+                    used_profiles=tuple(t.used_profiles),
+                    revoked=t.revoked,
+                )
+            token = r.next_page_token
+            if not token:
+                return
 
     def revoke_bootstrap_token(self, token_id: str) -> None:
         request = pb.RevokeBootstrapTokenRequest(token_id=token_id)
@@ -438,10 +446,10 @@ class Client:
         profile: str = "",
         expiring_within_seconds: int = 0,
         revoked_only: bool = False,
-    ) -> list[CertificateRecord]:
-        """Every certificate that matches, page after page (the service answers in
-        pages of at most a few hundred)."""
-        records: list[CertificateRecord] = []
+        page_size: int = 0,
+    ) -> Iterator[CertificateRecord]:
+        """Every certificate that matches, page after page as they arrive (the service
+        answers in pages of at most a thousand)."""
         token = ""
         while True:
             request = pb.ListCertificatesRequest(
@@ -449,6 +457,7 @@ class Client:
                 profile=profile,
                 expiring_within_seconds=expiring_within_seconds,
                 revoked_only=revoked_only,
+                page_size=page_size,
                 page_token=token,
             )
             r = self._invoke(
@@ -456,8 +465,8 @@ class Client:
                     request, timeout=left
                 )
             )
-            records.extend(
-                CertificateRecord(
+            for c in r.certificates:
+                yield CertificateRecord(
                     serial=c.serial,
                     authority=c.authority,
                     profile=c.profile,
@@ -471,11 +480,9 @@ class Client:
                     revocation_reason=c.revocation_reason,
                     fingerprint_sha256=c.fingerprint_sha256,
                 )
-                for c in r.certificates
-            )
             token = r.next_page_token
             if not token:
-                return records
+                return
 
 
 def _pinned_ca(addresses: Sequence[str], pin: str, timeout: float) -> bytes:

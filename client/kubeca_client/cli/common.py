@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from kubeca_client.client import Client
-from kubeca_client.config import ClientConfig, load_client_config, parse_addresses
+from kubeca_client.config import ClientConfig, load_client_config, split_addresses
 from kubeca_client.errors import ConfigError, InvalidArgument
 from kubeca_client.keys import KeyAlgorithm
 from kubeca_client.slots import Report
@@ -95,10 +95,7 @@ def connect(args: argparse.Namespace) -> Client:
             raise InvalidArgument("--server needs --ca-cert-hash sha256:... to trust the service")
         if token is None:
             raise InvalidArgument(f"--server needs a bootstrap token: --token-file or ${TOKEN_ENV}")
-        try:
-            addresses = parse_addresses([a.strip() for a in server.split(",")], "--server")
-        except ConfigError as exc:
-            raise InvalidArgument(exc.message) from None
+        addresses = split_addresses(server, "--server")
         config = ClientConfig(addresses=addresses, ca_cert_hash=parse_pin(pin))
         return Client.from_config(config, token=token)
     path = args.config or os.environ.get(CONFIG_ENV)
@@ -124,7 +121,13 @@ def print_report(report: Report, root: Path) -> None:
 
 
 def add_layout_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, required=True, help="e.g. /etc/kubernetes")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        required=True,
+        help="the kubeconfig directory kubeadm uses (e.g. /etc/kubernetes); "
+        "certificates and keys go under its pki/",
+    )
     parser.add_argument(
         "--key-algorithm",
         default=KeyAlgorithm.ECDSA_P256.value,

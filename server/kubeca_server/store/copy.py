@@ -21,6 +21,7 @@ from kubeca_server.store.records import (
     CertificateRow,
     InventoryCursor,
     InventoryQuery,
+    TokenCursor,
     TokenRecord,
 )
 from kubeca_server.store.roles import Store, UnitOfWork
@@ -57,8 +58,13 @@ def copy_store(source: Store, destination: Store) -> Copied:
         while page := old.inventory.page(InventoryQuery(), cursor, PAGE):
             certificates.extend(page)
             cursor = InventoryCursor(page[-1].not_after, page[-1].serial)
-        # Every token ever made: list() holds only unexpired ones, so ask from the start.
-        tokens = old.tokens.list(_EPOCH)
+        # Every token ever made: pages hold only tokens unexpired at the time asked, so
+        # ask as of the epoch.
+        tokens: list[TokenRecord] = []
+        after: TokenCursor | None = None
+        while batch_of_tokens := old.tokens.page(_EPOCH, after, PAGE):
+            tokens.extend(batch_of_tokens)
+            after = TokenCursor(batch_of_tokens[-1].expires_at, batch_of_tokens[-1].token_id)
         checkpoints = old.checkpoints.all()
         generations = old.generations.all()
         crl_numbers = {name: old.crl_numbers.current(name) for name in ALL_CAS}

@@ -46,6 +46,7 @@ from kubeca_server.store.records import (
     InventoryQuery,
     KeyKind,
     Provenance,
+    TokenCursor,
     TokenRecord,
 )
 
@@ -510,12 +511,14 @@ class _Tokens(_Roles):
         )
         return self._record(row) if row else None
 
-    def list(self, now: datetime) -> list[TokenRecord]:
-        rows = self._all(
-            "SELECT " + _BOOTSTRAP_COLUMNS + " FROM bootstrap_tokens WHERE expires_at > %s "  # noqa: S608  # fixed columns
-            "ORDER BY created_at DESC",
-            now,
-        )
+    def page(self, now: datetime, after: TokenCursor | None, limit: int) -> list[TokenRecord]:
+        where: LiteralString = "expires_at > %s"
+        args: list[object] = [now]
+        if after is not None:
+            where += " AND (expires_at, token_id) < (%s, %s)"
+            args.extend((after.expires_at, after.token_id))
+        sql = "SELECT " + _BOOTSTRAP_COLUMNS + " FROM bootstrap_tokens WHERE " + where  # noqa: S608  # fixed clauses, bound values
+        rows = self._all(sql + " ORDER BY expires_at DESC, token_id DESC LIMIT %s", *args, limit)
         return [self._record(row) for row in rows]
 
     def revoke(self, token_id: str, now: datetime) -> bool:

@@ -88,5 +88,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (authority, generation)
     );
     """,
+    # 2: bootstrap tokens listed page by page, latest to expire first, and revoked
+    # certificates of one CA or profile: each page a range of an index (SQLite's 3).
+    """
+    CREATE INDEX bootstrap_tokens_expiry ON bootstrap_tokens(expires_at, token_id);
+    CREATE INDEX certificates_revoked_authority ON certificates(authority, not_after, serial)
+        WHERE revoked_at IS NOT NULL;
+    CREATE INDEX certificates_revoked_profile ON certificates(profile, not_after, serial)
+        WHERE revoked_at IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
