@@ -91,5 +91,11 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE revoked_at IS NOT NULL;
     CREATE INDEX certificates_issuer ON certificates(authority, issuer_key_id, not_after);
     """,
+    # 3: CA rotation: the new generation's cross-signed certificate, and when each
+    # generation's state last changed (rotation steps and their audit records).
+    """
+    ALTER TABLE ca_generations ADD COLUMN cross_certificate_pem TEXT NOT NULL DEFAULT '';
+    ALTER TABLE ca_generations ADD COLUMN state_changed_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
