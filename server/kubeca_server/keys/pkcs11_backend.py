@@ -34,13 +34,13 @@ from cryptography.hazmat.primitives.serialization import (
 from kubeca_client.errors import ConfigError, Unavailable
 from kubeca_client.keys import KeyAlgorithm
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.util import biginteger
 from pkcs11.util.ec import (
+    decode_ec_public_key,
     encode_ec_public_key,
     encode_ecdsa_signature,
     encode_named_curve_parameters,
 )
-from pkcs11.util import biginteger
-from pkcs11.util.ec import decode_ec_public_key
 from pkcs11.util.rsa import encode_rsa_public_key
 
 from kubeca_server.keys.backend import CAPrivateKey, KeyFacts
