@@ -1,0 +1,327 @@
+"""Adopting a kubeadm cluster's PKI into SoftHSM, with a real etcd cluster.
+
+A PKI laid out as kubeadm makes it (tests/kubeadm_pki.py: same extensions and names) is
+imported with `kubeca-server ca import --from`; the token then holds each key sensitive,
+non-extractable and saying it was imported; a three-member etcd cluster started on the
+original kubeadm certificates keeps working when kubeca-issued leaves are mixed in; and
+each kind of bad input is refused with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.etcd_cluster import KUBECA, EtcdCluster, Member, TLSPair, clean_env, free_ports
+from tests.kubeadm_pki import KubeadmCA, write_etcd_member, write_kubeadm_pki
+from tests.support import (
+    SOFTHSM_MODULE,
+    RunningServer,
+    Token,
+    make_token,
+    run_server_cli,
+    write_server_config,
+)
+
+pytestmark = pytest.mark.integration
+
+HOSTS = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
+LABELS = ("kubeca/kubernetes-ca", "kubeca/etcd-ca", "kubeca/front-proxy-ca")
+KEY_FILES = ("ca.key", "etcd/ca.key", "front-proxy-ca.key")
+
+FACTS = """
+import dataclasses, json, os, sys
+from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
+module, label = sys.argv[1:3]
+backend = Pkcs11Backend(module, label, os.environ["TEST_PIN"])
+print(json.dumps({l: dataclasses.asdict(backend.key_facts(l)) for l in sys.argv[3:]}))
+"""
+
+
+@dataclass
+class Adopted:
+    workdir: Path
+    pki: Path
+    cas: dict[str, KubeadmCA]
+    token: Token
+    config: Path
+    imported: subprocess.CompletedProcess[str]
+    server: RunningServer
+    client_config: Path
+
+
+@pytest.fixture(scope="module")
+def adopted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adopted]:
+    workdir = tmp_path_factory.mktemp("adopt")
+    pki = workdir / "kubeadm" / "pki"
+    cas = write_kubeadm_pki(pki)
+    token = make_token(workdir / "hsm")
+    config = write_server_config(workdir / "server", token)
+    imported = run_server_cli(config, token, "ca", "import", "--from", str(pki), check=False)
+    assert imported.returncode == 0, imported.stderr
+    run_server_cli(config, token, "init")
+    server = RunningServer(config, token).start()
+    try:
+        yield Adopted(
+            workdir,
+            pki,
+            cas,
+            token,
+            config,
+            imported,
+            server,
+            server.client_config(workdir / "client.toml"),
+        )
+    finally:
+        server.stop()
+
+
+def _kubeca(adopted: Adopted, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KUBECA, "--config", str(adopted.client_config), *args],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_import_says_which_files_to_destroy_and_skips_sa_key(adopted: Adopted) -> None:
+    out = adopted.imported.stdout
+    for name in KEY_FILES:
+        assert str(adopted.pki / name) in out
+    assert "shred -u" in out
+    assert "backups and snapshots keep copies" in out
+    assert "sa.key skipped" in out  # no service-account authority here yet
+
+
+def test_imported_keys_are_sensitive_non_extractable_and_say_they_were_imported(
+    adopted: Adopted,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FACTS, SOFTHSM_MODULE, adopted.token.label, *LABELS],
+        env=dict(adopted.token.env, TEST_PIN=adopted.token.pin),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    for label in LABELS:
+        assert facts[label] == {
+            "sensitive": True,
+            "extractable": False,
+            "always_sensitive": False,  # the truth: it existed outside the token
+            "never_extractable": False,
+            "local": False,
+            "sign_only": True,
+        }, label
+
+
+def test_no_key_file_is_copied_into_kubeca_state(adopted: Adopted) -> None:
+    originals = [(adopted.pki / name).read_bytes() for name in KEY_FILES]
+    for path in (adopted.config.parent).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(original.strip() in data for original in originals), path
+
+
+def test_status_and_kubeca_ca_show_the_provenance(adopted: Adopted) -> None:
+    status = run_server_cli(adopted.config, adopted.token, "ca", "status")
+    assert "etcd-ca (steady):\n  generation 1: issuing, key imported" in status.stdout
+    assert "kubeca-service-ca (steady):\n  generation 1: issuing, key generated" in status.stdout
+    info = _kubeca(adopted, "ca", "--authority", "etcd-ca", "--info")
+    assert info.returncode == 0, info.stderr
+    assert "imported (existed outside the HSM once: rotate it)" in info.stdout
+
+
+def _member(adopted: Adopted, index: int, host: str) -> Member:
+    name = f"etcd-{index}"
+    root = adopted.workdir / f"member-{index}"
+    write_etcd_member(root / "pki", adopted.cas["etcd-ca"], name, host)
+    client_port, peer_port = free_ports([host, host])
+    return Member(
+        name,
+        host,
+        client_port,
+        peer_port,
+        root,
+        adopted.workdir / f"data-{index}",
+        adopted.workdir / f"{name}.log",
+    )
+
+
+def _issue(adopted: Adopted, profile: str, out: Path, *params: str) -> TLSPair:
+    out.mkdir(parents=True, exist_ok=True)
+    pair = TLSPair(out / f"{profile}.crt", out / f"{profile}.key")
+    for path in (pair.cert, pair.key):
+        path.unlink(missing_ok=True)
+    args = [a for p in params for a in ("--param", p)]
+    result = _kubeca(
+        adopted,
+        "issue",
+        "--profile",
+        profile,
+        *args,
+        "--key-out",
+        str(pair.key),
+        "--cert-out",
+        str(pair.cert),
+    )
+    assert result.returncode == 0, result.stderr
+    return pair
+
+
+def test_etcd_on_the_original_certificates_keeps_working_with_kubeca_leaves(
+    adopted: Adopted,
+) -> None:
+    members = [_member(adopted, i, host) for i, host in enumerate(HOSTS, 1)]
+    cluster = EtcdCluster(members)
+    original = TLSPair.under(members[0].pki, "etcd/healthcheck-client")
+    try:
+        cluster.start(original)
+        put = cluster.etcdctl(original, "put", "adopted", "before")
+        assert put.returncode == 0, put.stderr
+        # A kubeca leaf, signed by the imported key, is accepted by members that trust
+        # only the cluster's own etcd/ca.crt.
+        mine = _issue(adopted, "apiserver-etcd-client", adopted.workdir / "leaves")
+        got = cluster.etcdctl(mine, "get", "adopted", "--print-value-only")
+        assert got.returncode == 0 and got.stdout.strip() == "before", got.stderr
+        # One member restarts on a kubeca-issued server certificate; the cluster, the
+        # original client and the new one all keep working.
+        first = members[0]
+        server = _issue(
+            adopted,
+            "etcd-server",
+            adopted.workdir / "leaves",
+            f"node_name={first.name}",
+            f"advertise_address={first.host}",
+        )
+        (first.pki / "etcd" / "server.crt").write_bytes(server.cert.read_bytes())
+        (first.pki / "etcd" / "server.key").write_bytes(server.key.read_bytes())
+        first.stop()
+        first.start(cluster.initial_cluster, cluster.token, state="existing")
+        health = cluster.etcdctl(mine, "endpoint", "health", "--cluster", timeout=30)
+        for _ in range(20):
+            if health.returncode == 0:
+                break
+            health = cluster.etcdctl(mine, "endpoint", "health", "--cluster", timeout=30)
+        assert health.returncode == 0, health.stderr + cluster.logs()
+        for client in (original, mine):
+            got = cluster.etcdctl(
+                client, "get", "adopted", "--print-value-only", endpoints=first.client_url
+            )
+            assert got.returncode == 0 and got.stdout.strip() == "before", got.stderr
+    finally:
+        cluster.stop()
+
+
+# --- bad input: refused, nothing written ----------------------------------------------
+
+
+@dataclass
+class Fresh:
+    token: Token
+    config: Path
+    pki: Path
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(Path(sys.executable).parent / "kubeca-server"),
+                "--config",
+                str(self.config),
+                *args,
+            ],
+            env=dict(self.token.env, **(env or {})),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def nothing_written(self) -> None:
+        status = self.run("ca", "status")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout == ""
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Fresh:
+    token = make_token(tmp_path / "hsm")
+    pki = tmp_path / "pki"
+    write_kubeadm_pki(pki)
+    return Fresh(token, write_server_config(tmp_path / "server", token), pki)
+
+
+def _refused(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_key_that_does_not_match_its_certificate_is_refused(fresh: Fresh) -> None:
+    (fresh.pki / "etcd" / "ca.key").write_bytes((fresh.pki / "ca.key").read_bytes())
+    _refused(fresh.run("ca", "import", "--from", str(fresh.pki)), "does not belong to")
+    fresh.nothing_written()
+
+
+def test_a_certificate_that_is_not_a_ca_is_refused(fresh: Fresh, tmp_path: Path) -> None:
+    leaf = tmp_path / "leaf"
+    write_etcd_member(leaf, write_kubeadm_pki(tmp_path / "other")["etcd-ca"], "n", "127.0.0.1")
+    result = fresh.run(
+        "ca",
+        "import",
+        "--authority",
+        "etcd-ca",
+        "--cert",
+        str(leaf / "etcd/server.crt"),
+        "--key",
+        str(leaf / "etcd/server.key"),
+    )
+    _refused(result, "not a CA certificate")
+    fresh.nothing_written()
+
+
+def test_a_directory_with_files_missing_is_refused(fresh: Fresh) -> None:
+    (fresh.pki / "front-proxy-ca.crt").unlink()
+    _refused(fresh.run("ca", "import", "--from", str(fresh.pki)), "missing: front-proxy-ca.crt")
+    fresh.nothing_written()
+
+
+def test_an_encrypted_key_needs_its_passphrase_from_a_file_or_the_environment(
+    fresh: Fresh, tmp_path: Path
+) -> None:
+    encrypted = tmp_path / "encrypted"
+    write_kubeadm_pki(encrypted, passphrase=b"s3cret")
+    _refused(fresh.run("ca", "import", "--from", str(encrypted)), "the key is encrypted")
+    fresh.nothing_written()
+    done = fresh.run(
+        "ca",
+        "import",
+        "--from",
+        str(encrypted),
+        "--passphrase-env",
+        "PKI_PASS",
+        env={"PKI_PASS": "s3cret"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
+
+
+def test_a_second_import_is_refused_and_changes_nothing(adopted: Adopted) -> None:
+    before = run_server_cli(adopted.config, adopted.token, "ca", "status").stdout
+    again = run_server_cli(
+        adopted.config, adopted.token, "ca", "import", "--from", str(adopted.pki), check=False
+    )
+    _refused(again, "never replaced")
+    assert run_server_cli(adopted.config, adopted.token, "ca", "status").stdout == before
