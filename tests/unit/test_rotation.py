@@ -114,6 +114,7 @@ def test_leaves_follow_the_switch_and_finish_waits_for_the_old_ones(
     old_key_id = rig.core.registry.get(ETCD_CA).issuing.key_id
     rig.rotation.begin(ETCD_CA)
     rig.watch.check()
+    issue(world, "apiserver-etcd-client")  # will not be renewed
     before = x509.load_pem_x509_certificate(issue(world, "etcd-server").certificate_pem.encode())
     assert authority_key_identifier(before) == old_key_id  # begin does not switch issuance
     rig.rotation.switch(ETCD_CA)
@@ -121,8 +122,11 @@ def test_leaves_follow_the_switch_and_finish_waits_for_the_old_ones(
     new_key_id = rig.core.registry.get(ETCD_CA).issuing.key_id
     after = x509.load_pem_x509_certificate(issue(world, "etcd-server").certificate_pem.encode())
     assert authority_key_identifier(after) == new_key_id != old_key_id
+    # etcd-server was renewed by the new generation; apiserver-etcd-client was not.
     with pytest.raises(
-        FailedPrecondition, match=r"1 unexpired, unrevoked certificates \(etcd-server: 1\)"
+        FailedPrecondition,
+        match=r"signed 1 unexpired, unrevoked certificates not yet renewed by generation 2 "
+        r"\(apiserver-etcd-client: 1\)",
     ):
         rig.rotation.finish(ETCD_CA)
     assert "1 certificates it signed are no longer trusted" in rig.rotation.finish(
@@ -131,6 +135,20 @@ def test_leaves_follow_the_switch_and_finish_waits_for_the_old_ones(
     assert rig.watch.check()
     ca = rig.core.registry.get(ETCD_CA)
     assert ca.bundle_pem == ca.issuing.certificate_pem
+
+
+def test_finish_needs_no_force_once_every_old_leaf_is_renewed(rig: Rig, tmp_path: Path) -> None:
+    world = World(rig.core, rig.cas.store, tmp_path / "audit.log")
+    for profile in ("etcd-server", "apiserver-etcd-client"):
+        issue(world, profile)
+    rig.rotation.begin(ETCD_CA)
+    rig.rotation.switch(ETCD_CA)
+    rig.watch.check()
+    issue(world, "etcd-server")
+    with pytest.raises(FailedPrecondition, match=r"\(apiserver-etcd-client: 1\)"):
+        rig.rotation.finish(ETCD_CA)
+    issue(world, "apiserver-etcd-client")
+    assert "retired;" in rig.rotation.finish(ETCD_CA)
 
 
 def test_crls_are_published_for_both_generations_during_a_rotation(rig: Rig) -> None:

@@ -36,7 +36,16 @@ from kubeca_server.ledger.audit import Entry, Ledger
 from kubeca_server.profiles import Issuer, build_ca
 from kubeca_server.serials import new_serial
 from kubeca_server.store.changes import AddGeneration, SetGenerationStates
-from kubeca_server.store.records import GenerationRow, GenerationState, KeyKind, Provenance
+from kubeca_server.store.records import (
+    CertificateRow,
+    GenerationRow,
+    GenerationState,
+    InventoryCursor,
+    InventoryQuery,
+    KeyKind,
+    Provenance,
+)
+from kubeca_server.store.roles import Inventory
 
 Clock = Callable[[], datetime]
 DEFAULT_LIFETIME = timedelta(days=3650)
@@ -82,6 +91,36 @@ def _common_name(certificate: x509.Certificate) -> str:
 
 def _numbers(rows: Sequence[GenerationRow]) -> str:
     return ", ".join(str(r.generation) for r in rows)
+
+
+INVENTORY_PAGE = 1000
+
+
+def unrenewed(
+    inventory: Inventory, name: str, old_key_ids: set[str], issuing_key_id: str, now: datetime
+) -> dict[str, int]:
+    """Unexpired, unrevoked leaves signed by an old generation, by profile, leaving out
+    those the issuing generation has re-issued since (same profile, subject and SANs):
+    a renewed certificate's predecessor need not be waited out or revoked."""
+    old: list[CertificateRow] = []
+    renewed: dict[tuple[str, str, tuple[str, ...]], datetime] = {}
+    cursor = InventoryCursor(now, "")  # pages from here hold only unexpired rows
+    while page := inventory.page(InventoryQuery(authority=name), cursor, INVENTORY_PAGE):
+        cursor = InventoryCursor(page[-1].not_after, page[-1].serial)
+        for row in page:
+            if row.revoked_at is not None:
+                continue
+            if row.issuer_key_id in old_key_ids:
+                old.append(row)
+            elif row.issuer_key_id == issuing_key_id:
+                identity = (row.profile, row.subject, row.sans)
+                renewed[identity] = max(row.not_before, renewed.get(identity, row.not_before))
+    left: dict[str, int] = {}
+    for row in old:
+        since = renewed.get((row.profile, row.subject, row.sans))
+        if since is None or since < row.not_before:
+            left[row.profile] = left.get(row.profile, 0) + 1
+    return left
 
 
 class Rotation:
@@ -266,20 +305,22 @@ class Rotation:
         if not stage.previous:
             return f"{name}: no older generation is trusted; nothing changed"
         now = self._clock()
-        left: dict[str, int] = {}
         with self._ledger.store.unit(read_only=True) as unit:
-            for row in stage.previous:
-                key_id = key_id_hex(row)
-                if key_id:
-                    for profile, count in unit.inventory.count_unexpired(name, key_id, now).items():
-                        left[profile] = left.get(profile, 0) + count
+            left = unrenewed(
+                unit.inventory,
+                name,
+                {key_id_hex(r) for r in stage.previous} - {""},
+                key_id_hex(stage.issuing),
+                now,
+            )
         outstanding = sum(left.values())
         if outstanding and not force:
             listing = ", ".join(f"{profile}: {count}" for profile, count in sorted(left.items()))
             raise FailedPrecondition(
-                f"{name}: generation {_numbers(stage.previous)} still signed {outstanding} "
-                f"unexpired, unrevoked certificates ({listing}); renew them (kubeca renew) "
-                "or pass --force to stop trusting them anyway"
+                f"{name}: generation {_numbers(stage.previous)} signed {outstanding} "
+                f"unexpired, unrevoked certificates not yet renewed by generation "
+                f"{stage.issuing.generation} ({listing}); renew them (kubeca renew), revoke "
+                "them, or pass --force to stop trusting them anyway"
             )
         self._ledger.commit(
             Entry(
