@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests.etcd_cluster import KUBECA, EtcdCluster, Member, TLSPair, clean_env, free_ports
 from tests.kubeadm_pki import KubeadmCA, write_etcd_member, write_kubeadm_pki
@@ -63,6 +65,8 @@ def adopted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adopted]:
     cas = write_kubeadm_pki(pki)
     token = make_token(workdir / "hsm")
     config = write_server_config(workdir / "server", token)
+    with config.open("a") as f:
+        f.write("revoke = true\n")  # the operator's grant is the file's last table
     imported = run_server_cli(config, token, "ca", "import", "--from", str(pki), check=False)
     assert imported.returncode == 0, imported.stderr
     run_server_cli(config, token, "init")
@@ -325,3 +329,97 @@ def test_a_second_import_is_refused_and_changes_nothing(adopted: Adopted) -> Non
     )
     _refused(again, "never replaced")
     assert run_server_cli(adopted.config, adopted.token, "ca", "status").stdout == before
+
+
+# --- CRLs signed by an imported kubeadm CA (no cRLSign in its key usage) ----------------
+
+
+@dataclass
+class _CRLMember(Member):
+    crl_file: Path | None = None
+
+    def argv(self, initial_cluster: str, cluster_token: str, state: str = "new") -> list[str]:
+        assert self.crl_file is not None
+        return [
+            *super().argv(initial_cluster, cluster_token, state),
+            "--client-crl-file",
+            str(self.crl_file),
+        ]
+
+
+def _serial(out: str) -> str:
+    return out.split("serial ")[1].split(",", maxsplit=1)[0]
+
+
+def test_etcd_enforces_a_crl_of_an_imported_ca_that_openssl_refuses(
+    adopted: Adopted, tmp_path: Path
+) -> None:
+    """What etcd 3.4 does with a CRL whose issuer lacks cRLSign: it enforces it (it
+    matches serials and checks no CRL signature), while a strict verifier (OpenSSL
+    with -crl_check) refuses the CRL for its issuer's key usage. Rotation (a new
+    generation, which has cRLSign) is the way out; docs/ca-lifecycle.md says so."""
+    host = "127.0.0.24"
+    root = tmp_path / "member"
+    write_etcd_member(root / "pki", adopted.cas["etcd-ca"], "etcd-crl", host)
+    client_port, peer_port = free_ports([host, host])
+    crl = tmp_path / "etcd-ca.crl"
+    member = _CRLMember(
+        "etcd-crl",
+        host,
+        client_port,
+        peer_port,
+        root,
+        tmp_path / "data",
+        tmp_path / "etcd.log",
+        crl_file=crl,
+    )
+    leaves = tmp_path / "leaves"
+    kept = _issue(adopted, "apiserver-etcd-client", leaves / "kept")
+    revoked = _issue(adopted, "apiserver-etcd-client", leaves / "revoked")
+    revoked_cert = x509.load_pem_x509_certificate(revoked.cert.read_bytes())
+    serial = format(revoked_cert.serial_number, "x")
+    assert (
+        _kubeca(adopted, "revoke", "--serial", serial, "--reason", "key_compromise").returncode == 0
+    )
+    fetched = _kubeca(adopted, "crl", "--authority", "etcd-ca", "--out", str(crl))
+    assert fetched.returncode == 0, fetched.stderr
+    cluster = EtcdCluster([member])
+    try:
+        cluster.start(kept)
+        offset = member.log_size()
+        refused = cluster.etcdctl(revoked, "get", "x", command_timeout=2)
+        assert refused.returncode != 0
+        number = revoked_cert.serial_number
+        logged_serial = number.to_bytes((number.bit_length() + 7) // 8, "big").hex()
+        deadline = time.monotonic() + 5
+        while f"{logged_serial} revoked" not in member.log_since(offset):
+            assert time.monotonic() < deadline, member.log_tail()
+            time.sleep(0.1)
+        assert cluster.etcdctl(kept, "get", "x").returncode == 0
+    finally:
+        cluster.stop()
+    pem = tmp_path / "crl.pem"
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(crl), "-out", str(pem)],
+        check=True,
+        timeout=30,
+    )
+    strict = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            str(adopted.pki / "etcd/ca.crt"),
+            "-CRLfile",
+            str(pem),
+            str(kept.cert),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert strict.returncode != 0
+    said = strict.stdout + strict.stderr
+    assert "key usage does not include CRL signing" in said, said
