@@ -188,6 +188,11 @@ def test_kubernetes_ca_rotates_while_every_kubeconfig_keeps_working(
     _every_kubeconfig_works(rig, "begin")
     _renew(rig)  # distributes the bundle: ca.crt and every kubeconfig's CA data
     assert (rig.pki / "ca.crt").read_text().count("BEGIN CERTIFICATE") == 2
+    table = _kubeca(rig.config, "check-expiration", "--dir", rig.control_plane)
+    bundle_lines = [
+        line for line in table.splitlines() if line.startswith("ca ") and " key " in line
+    ]
+    assert "CA BUNDLES" in table and len(bundle_lines) == 2, table
     _every_kubeconfig_works(rig, "bundle distribution")
     rig.restart_apiserver()
     _every_kubeconfig_works(rig, "apiserver restart on the bundle")
@@ -206,6 +211,7 @@ def test_kubernetes_ca_rotates_while_every_kubeconfig_keeps_working(
     _every_kubeconfig_works(rig, "finish")
     _renew(rig)  # the new-only bundle everywhere
     assert (rig.pki / "ca.crt").read_text().count("BEGIN CERTIFICATE") == 1
+    assert "CA BUNDLES" not in _kubeca(rig.config, "check-expiration", "--dir", rig.control_plane)
     _every_kubeconfig_works(rig, "new-only bundle")
     rig.restart_apiserver()
     _every_kubeconfig_works(rig, "apiserver restart on the new-only bundle")
