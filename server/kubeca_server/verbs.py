@@ -263,7 +263,7 @@ def ca_status(config: ServerConfig) -> list[str]:
                     )
                     lines.append(f"{name} ({stage}):")
                     for row in rows[name]:
-                        lines.append("  " + _generation_line(row, unit, backend, now))
+                        lines.append("  " + generation_line(row, unit, backend, now))
         finally:
             store.close()
     finally:
@@ -271,7 +271,7 @@ def ca_status(config: ServerConfig) -> list[str]:
     return lines
 
 
-def _generation_line(
+def generation_line(
     row: GenerationRow, unit: UnitOfWork, backend: KeyBackend, now: datetime
 ) -> str:
     facts = backend.key_facts(row.key_label)
