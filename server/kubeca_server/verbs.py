@@ -13,9 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.authorities import SERVICE_CA
-from kubeca_client.errors import ConfigError, InvalidArgument
+from kubeca_client.errors import ConfigError, InvalidArgument, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 from kubeca_client.keys import spki_hash
+from kubeca_client.text import clip
 
 from kubeca_server.app import close_ledger, open_backend, open_core, open_ledger, utc_now
 from kubeca_server.ca import adopt, lifecycle
@@ -188,21 +189,31 @@ def import_authorities(
             known = _known_authorities(config, ledger)
             now = utc_now()
             notes: list[str] = []
-            if directory is not None:
-                candidates, notes = adopt.kubeadm_candidates(directory, passphrase, known, now)
-            else:
-                assert authority is not None and cert is not None and key is not None
-                if authority not in known:
-                    raise InvalidArgument(
-                        f"--authority: no authority named {authority[:64]!r} (known: "
-                        f"{', '.join(known)})"
-                    )
-                candidates = [
-                    adopt.check_service_account(cert, key, passphrase)
-                    if authority == adopt.SERVICE_ACCOUNT
-                    else adopt.check_pair(authority, cert, key, passphrase, now)
-                ]
-            lines = adopt.import_candidates(candidates, backend, ledger, utc_now)
+            try:
+                if directory is not None:
+                    candidates, notes = adopt.kubeadm_candidates(directory, passphrase, known, now)
+                else:
+                    assert authority is not None and cert is not None and key is not None
+                    if authority not in known:
+                        raise InvalidArgument(
+                            f"--authority: no authority named {authority[:64]!r} (known: "
+                            f"{', '.join(known)})"
+                        )
+                    candidates = [
+                        adopt.check_service_account(cert, key, passphrase)
+                        if authority == adopt.SERVICE_ACCOUNT
+                        else adopt.check_pair(authority, cert, key, passphrase, now)
+                    ]
+                lines = adopt.import_candidates(candidates, backend, ledger, utc_now)
+            except KubecaError as exc:
+                source = str(directory) if directory is not None else f"{cert} {key}"
+                _record_refusal(
+                    ledger,
+                    "ca.import.refused",
+                    {"source": clip(source, 256), "authority": clip(authority or "", 64)},
+                    exc,
+                )
+                raise
         finally:
             close_ledger(ledger)
     finally:
@@ -216,6 +227,25 @@ def import_authorities(
     ]
 
 
+def _record_refusal(
+    ledger: Ledger, event: str, fields: dict[str, object], exc: KubecaError
+) -> None:
+    """An operator's refused lifecycle step is audited like a refused request: the
+    reason (bounded), never the key material or a passphrase."""
+    ledger.commit(
+        Entry(
+            event,
+            {
+                **fields,
+                "outcome": "refused",
+                "status": exc.status,
+                "reason": clip(exc.message, 300),
+            },
+            "warning",
+        )
+    )
+
+
 def rotate(config: ServerConfig, step: str, authority: str, force: bool = False) -> str:
     """``ca rotate begin|switch|finish``: one step, audited; running workers follow."""
     backend = open_backend(config)
@@ -223,12 +253,21 @@ def rotate(config: ServerConfig, step: str, authority: str, force: bool = False)
         ledger = open_ledger(config)
         try:
             rotation = Rotation(config, backend, ledger, Linter(), utc_now)
-            if step == "begin":
-                line = rotation.begin(authority)
-            elif step == "switch":
-                line = rotation.switch(authority)
-            else:
-                line = rotation.finish(authority, force)
+            try:
+                if step == "begin":
+                    line = rotation.begin(authority)
+                elif step == "switch":
+                    line = rotation.switch(authority)
+                else:
+                    line = rotation.finish(authority, force)
+            except KubecaError as exc:
+                _record_refusal(
+                    ledger,
+                    "ca.rotation.refused",
+                    {"step": step, "authority": clip(authority, 64), "forced": force},
+                    exc,
+                )
+                raise
             if authority in config.authorities:
                 authorities = lifecycle.load(config, backend, ledger.store, Linter(), utc_now)
                 lifecycle.publish_bundles(config, authorities)

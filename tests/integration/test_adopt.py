@@ -257,6 +257,10 @@ class Fresh:
         status = self.run("ca", "status")
         assert status.returncode == 0, status.stderr
         assert status.stdout == ""
+        # The refusal itself is audited, like a refused request.
+        log = self.config.parent / "state" / "audit.log"
+        events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+        assert "ca.import.refused" in events and "ca.imported" not in events, events
 
 
 @pytest.fixture

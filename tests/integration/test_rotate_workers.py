@@ -13,6 +13,7 @@ finish, when the old operator credentials stop working.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -66,6 +67,26 @@ def _issuer_key_id(server: RunningServer) -> bytes | None:
         issued = client.issue_certificate("apiserver-etcd-client", build_csr(key), force_new=True)
     aki = issued.certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
     return aki.value.key_identifier
+
+
+def test_a_step_out_of_order_is_refused_and_audited(server: RunningServer) -> None:
+    result = run_server_cli(
+        server.config,
+        server.token,
+        "ca",
+        "rotate",
+        "switch",
+        "--authority",
+        "front-proxy-ca",
+        check=False,
+    )
+    assert result.returncode == 78, result.stdout + result.stderr  # FAILED_PRECONDITION
+    assert "no new generation to switch to" in result.stderr
+    assert "Traceback" not in result.stderr
+    records = [json.loads(line) for line in server.audit_log.read_text().splitlines()]
+    refused = [r for r in records if r["event"] == "ca.rotation.refused"]
+    assert refused and refused[-1]["authority"] == "front-proxy-ca"
+    assert refused[-1]["status"] == "FAILED_PRECONDITION"
 
 
 def test_every_worker_issues_from_the_new_generation_after_switch(server: RunningServer) -> None:
