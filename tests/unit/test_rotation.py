@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubeca_client.authorities import ALL_CAS, ETCD_CA, KUBERNETES_CA
 from kubeca_client.errors import FailedPrecondition, NotFound
+from kubeca_client.keys import KeyAlgorithm
 from kubeca_server.app import Core, build_core
 from kubeca_server.ca import lifecycle
 from kubeca_server.ca.authority import authority_key_identifier, key_identifier
@@ -19,7 +21,8 @@ from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.rotation import Rotation
 from kubeca_server.ledger.audit import Ledger
 from kubeca_server.ledger.mirror import Mirror
-from kubeca_server.store.records import GenerationState
+from kubeca_server.store.changes import AddGeneration
+from kubeca_server.store.records import GenerationRow, GenerationState, KeyKind, Provenance
 
 from tests.unit.conftest import GRANTS, CASet, World, issue, make_ca_set
 
@@ -195,3 +198,41 @@ def test_a_second_rotation_makes_generation_three(rig: Rig) -> None:
         (3, GenerationState.ISSUING),
     ]
     assert rig.cas.backend.find_key(lifecycle.key_label(KUBERNETES_CA, 3)) is not None
+
+
+def test_a_token_signing_key_rotates_with_the_same_verbs(rig: Rig) -> None:
+    """The service-account key (issue 11) is generations of kind jwt under its own
+    name: no certificate, so no cross-certificate and no leaves to wait for."""
+    label = lifecycle.key_label("service-account", 1)
+    key = rig.cas.backend.create_key(label, KeyAlgorithm.RSA_2048)
+    public = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    row = GenerationRow(
+        "service-account",
+        1,
+        label,
+        "",
+        GenerationState.ISSUING,
+        Provenance.GENERATED,
+        datetime.now(UTC),
+        KeyKind.JWT,
+        public.decode(),
+    )
+    with rig.cas.store.unit() as unit:
+        AddGeneration(row).apply(unit, 0)
+    assert "generation 2 begun" in rig.rotation.begin("service-account")
+    rig.rotation.switch("service-account")
+    rig.rotation.finish("service-account")
+    rows = lifecycle.generation_rows(rig.cas.store)["service-account"]
+    assert [(r.generation, r.state, r.kind) for r in rows] == [
+        (1, GenerationState.RETIRED, KeyKind.JWT),
+        (2, GenerationState.ISSUING, KeyKind.JWT),
+    ]
+    new_key = rig.cas.backend.find_key(rows[1].key_label)
+    assert new_key is not None
+    assert rows[1].certificate_pem == "" and rows[1].cross_certificate_pem == ""
+    assert (
+        rows[1].public_key_pem
+        == new_key.public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
