@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,50 @@ def test_a_step_out_of_order_is_refused_and_audited(server: RunningServer) -> No
     assert refused[-1]["status"] == "FAILED_PRECONDITION"
 
 
-def test_every_worker_issues_from_the_new_generation_after_switch(server: RunningServer) -> None:
+def _cross_chain_verifies_against_the_old_root(
+    server: RunningServer, old_root: str, tmp_path: Path
+) -> None:
+    """OpenSSL, trusting only the old CA, accepts leaf -> cross-certificate -> old root."""
+    key = generate_private_key(KeyAlgorithm.ECDSA_P256)
+    with server.client() as client:
+        leaf = client.issue_certificate("apiserver-etcd-client", build_csr(key), force_new=True)
+        (etcd,) = client.ca_certificates("etcd-ca")
+    assert etcd.cross_certificate_pem and leaf.ca_certificate_pem != old_root
+    files = {"old.pem": old_root, "cross.pem": etcd.cross_certificate_pem}
+    files["leaf.pem"] = leaf.certificate_pem
+    for name, pem in files.items():
+        (tmp_path / name).write_text(pem)
+    alone = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "old.pem"), str(tmp_path / "leaf.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert alone.returncode != 0  # the new CA is not trusted by itself
+    chained = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(tmp_path / "old.pem"),
+            "-untrusted",
+            str(tmp_path / "cross.pem"),
+            str(tmp_path / "leaf.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert chained.returncode == 0, chained.stdout + chained.stderr
+
+
+def test_every_worker_issues_from_the_new_generation_after_switch(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    with server.client() as client:
+        old_root = client.ca_certificates("etcd-ca")[0].certificate_pem
     old = _issuer_key_id(server)
     _rotate(server, "begin", "etcd-ca")
     assert all(_issuer_key_id(server) == old for _ in range(4))  # begin switches nothing
@@ -101,6 +145,7 @@ def test_every_worker_issues_from_the_new_generation_after_switch(server: Runnin
         seen = _issuer_key_id(server)
         streak = [*streak, seen] if seen != old else []
     assert len(set(streak)) == 1  # one new generation, whichever worker answered
+    _cross_chain_verifies_against_the_old_root(server, old_root, tmp_path)
     _rotate(server, "finish", "etcd-ca", "--force")
 
 
