@@ -60,7 +60,7 @@ def main() -> int:
                 core.pipeline.issue(caller, request)
             profile.disable()
             stats = pstats.Stats(profile)
-            stats.sort_stats("cumulative").print_stats(45)
+            stats.sort_stats(os.environ.get("SORT", "cumulative")).print_stats(45)
             if os.environ.get("CALLERS"):
                 stats.print_callers(os.environ["CALLERS"])
         finally:
