@@ -113,29 +113,21 @@ class Ledger:
         with self._turn:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         successor: _Pending | None = None
-        committed = False
         try:
-            committed = self._write(batch)
+            self._write(batch)
         finally:
             with self._turn:
                 if self._queue:
                     successor = self._queue[0]
                 else:
                     self._writing = False
-            # The next batch's transaction (and fsync) need not wait for this one's
-            # mirror lines: the mirror appends by sequence number, whoever syncs.
+            for written in batch:
+                written.done = True
+                written.wake.set()
             if successor is not None:
                 successor.wake.set()
-            try:
-                if committed:
-                    self.sync_mirror()
-            finally:
-                for written in batch:
-                    written.done = True
-                    written.wake.set()
 
-    def _write(self, batch: Sequence[_Pending]) -> bool:
-        """Commit the batch; True if any of its entries is now durable."""
+    def _write(self, batch: Sequence[_Pending]) -> None:
         try:
             with self._store.unit() as unit:
                 for pending in batch:
@@ -151,7 +143,8 @@ class Ledger:
             # Nothing of the batch is durable: every caller in it hears why.
             for pending in batch:
                 pending.row, pending.error = None, pending.error or exc
-        return any(p.row is not None for p in batch)
+        if any(p.row is not None for p in batch):
+            self.sync_mirror()
 
     def refusal(self, event: str, error: BaseException, fields: Mapping[str, Any]) -> ChainRow:
         """Record a refusal: the taxonomy's status and message with what the decision
