@@ -6,9 +6,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given
 from hypothesis import strategies as st
-from pkcs11.util.ec import encode_ecdsa_signature
-
 from kubeca_server.keys.pkcs11_backend import _der_ecdsa
+from pkcs11.util.ec import encode_ecdsa_signature
 
 # Halves of 32 (P-256) and 48 (P-384) bytes, with leading zeros and high bits both likely.
 halves = st.sampled_from([32, 48]).flatmap(
