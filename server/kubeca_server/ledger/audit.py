@@ -53,8 +53,6 @@ class _Pending:
     row: ChainRow | None = None
     error: BaseException | None = None
     done: bool = False
-    # Set once: when the entry is written, or when its caller is to write the next batch.
-    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class Ledger:
@@ -70,7 +68,7 @@ class Ledger:
         self._store = store
         self._mirror = mirror
         self._clock = clock
-        self._turn = threading.Lock()  # guards the queue and who is writing
+        self._turn = threading.Condition()
         self._queue: list[_Pending] = []
         self._writing = False
 
@@ -92,40 +90,27 @@ class Ledger:
         pending = _Pending(record, entry.change)
         with self._turn:
             self._queue.append(pending)
-            leads = not self._writing
-            self._writing = True
-        if not leads:
-            # Woken once: either our batch was written, or it is our turn to write.
-            pending.wake.wait()
-        if not pending.done:
-            self._lead()
+            while True:
+                if pending.done:
+                    break
+                if not self._writing:
+                    # This caller writes the next batch (its own entry, and whatever
+                    # queued behind the previous one), then hands the turn on.
+                    self._writing = True
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    self._turn.release()
+                    try:
+                        self._write(batch)
+                    finally:
+                        self._turn.acquire()
+                        self._writing = False
+                        self._turn.notify_all()
+                    continue
+                self._turn.wait()
         if pending.error is not None:
             raise pending.error
         assert pending.row is not None
         return pending.row
-
-    def _lead(self) -> None:
-        """Write the next batch (it holds the caller's own entry: a writer is only ever
-        woken while it is first in the queue), then wake each of its callers and hand
-        the turn to the first entry still queued, if any. One wake-up per waiter:
-        waking every waiter to re-check (notify_all) cost a worker ~7% of its GIL time
-        under load."""
-        with self._turn:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        successor: _Pending | None = None
-        try:
-            self._write(batch)
-        finally:
-            with self._turn:
-                if self._queue:
-                    successor = self._queue[0]
-                else:
-                    self._writing = False
-            for written in batch:
-                written.done = True
-                written.wake.set()
-            if successor is not None:
-                successor.wake.set()
 
     def _write(self, batch: Sequence[_Pending]) -> None:
         try:
@@ -145,6 +130,8 @@ class Ledger:
                 pending.row, pending.error = None, pending.error or exc
         if any(p.row is not None for p in batch):
             self.sync_mirror()
+        for pending in batch:
+            pending.done = True
 
     def refusal(self, event: str, error: BaseException, fields: Mapping[str, Any]) -> ChainRow:
         """Record a refusal: the taxonomy's status and message with what the decision
