@@ -13,7 +13,7 @@ BENCH_DEB_NEEDS := /usr/bin/cfssl:golang-cfssl /usr/bin/go:golang-go /usr/share/
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test demo serve bench clean
+.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test demo serve bench terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
@@ -21,6 +21,7 @@ help:
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - kubeca vs the HSM's raw rate vs cfssl, 1-64 connections, with a plot"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
+	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
 
 deps: deps-system deps-python
 
@@ -39,7 +40,7 @@ deps-python: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[server,terraform,dev]'
 	touch $@
 
 proto: deps-python
@@ -83,6 +84,11 @@ deps-bench: deps
 
 bench: deps-bench
 	$(PY) bench/issuance.py
+
+# The native Terraform provider, into Terraform's implied mirror (no CLI config needed)
+# or into TF_MIRROR, printing the provider_installation block that mirror needs.
+terraform-provider: deps-python
+	$(BIN)/kubeca terraform-provider install $(if $(TF_MIRROR),--mirror $(TF_MIRROR))
 
 clean:
 	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache
