@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, LiteralString
 
 import psycopg
-from kubeca_client.errors import ConfigError, Unavailable
+from kubeca_client.errors import ConfigError, NotFound, Unavailable
 
 from kubeca_server.ledger.chain import GENESIS, ChainRow, Checkpoint, chain_row
 from kubeca_server.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
@@ -600,7 +600,8 @@ class _Generations(_Roles):
     def all(self) -> list[GenerationRow]:
         rows = self._all(
             "SELECT authority, generation, key_label, certificate_pem, state, provenance, "
-            "created_at, kind, public_key_pem FROM ca_generations ORDER BY authority, generation"
+            "created_at, kind, public_key_pem, cross_certificate_pem, state_changed_at "
+            "FROM ca_generations ORDER BY authority, generation"
         )
         return [
             GenerationRow(
@@ -613,13 +614,17 @@ class _Generations(_Roles):
                 created_at=_utc(r[6]),
                 kind=KeyKind(str(r[7])),
                 public_key_pem=str(r[8]),
+                cross_certificate_pem=str(r[9]),
+                state_changed_at=None if r[10] is None else _utc(r[10]),
             )
             for r in rows
         ]
 
     def add(self, row: GenerationRow) -> None:
         self._run(
-            "INSERT INTO ca_generations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO ca_generations (authority, generation, key_label, certificate_pem, "
+            "state, provenance, created_at, kind, public_key_pem, cross_certificate_pem, "
+            "state_changed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             row.authority,
             row.generation,
             row.key_label,
@@ -629,15 +634,23 @@ class _Generations(_Roles):
             row.created_at,
             row.kind.value,
             row.public_key_pem,
+            row.cross_certificate_pem,
+            row.state_changed_at,
         )
 
-    def set_state(self, authority: str, generation: int, state: GenerationState) -> None:
-        self._run(
-            "UPDATE ca_generations SET state = %s WHERE authority = %s AND generation = %s",
+    def set_state(
+        self, authority: str, generation: int, state: GenerationState, when: datetime
+    ) -> None:
+        changed = self._run(
+            "UPDATE ca_generations SET state = %s, state_changed_at = %s "
+            "WHERE authority = %s AND generation = %s",
             state.value,
+            when,
             authority,
             generation,
         )
+        if changed != 1:
+            raise NotFound(f"{authority} has no generation {generation}")
 
 
 class _Unit:

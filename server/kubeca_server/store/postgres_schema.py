@@ -97,5 +97,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX certificates_revoked_profile ON certificates(profile, not_after, serial)
         WHERE revoked_at IS NOT NULL;
     """,
+    # 3: CA rotation: the new generation's cross-signed certificate, and when each
+    # generation's state last changed (SQLite's 4).
+    """
+    ALTER TABLE ca_generations ADD COLUMN cross_certificate_pem text NOT NULL DEFAULT '';
+    ALTER TABLE ca_generations ADD COLUMN state_changed_at timestamptz;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
