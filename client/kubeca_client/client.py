@@ -6,6 +6,7 @@ Every call has a deadline (a bootstrap script must never hang), and every
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from kubeca_client.errors import (
     BY_STATUS,
     ConfigError,
     DeadlineExceeded,
+    FailedPrecondition,
     InternalError,
+    InvalidArgument,
     KubecaError,
     Unauthenticated,
     Unavailable,
@@ -172,7 +175,26 @@ def _tls_refused(details: str) -> bool:
     return "socket closed" in text or "handshake" in text or "certificate" in text
 
 
-def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
+# gRPC's default cap on a message a channel receives, unless channel_options set one.
+DEFAULT_RECEIVE_LIMIT = 4 * 1024 * 1024
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _too_large(details: str, address: str, receive_limit: int) -> KubecaError:
+    """RESOURCE_EXHAUSTED is the same words for a request the server would not take and
+    an answer this client would not take; the limit it names tells which."""
+    found = _TOO_LARGE.search(details)
+    if found is not None and int(found.group(2)) == receive_limit:
+        return FailedPrecondition(
+            f"the answer of the kubeca service at {address} is {found.group(1)} bytes, more "
+            f"than this client accepts ({receive_limit} bytes); ask for less at a time"
+        )
+    return InvalidArgument(f"request refused as too large: {details}")
+
+
+def error_from_rpc(
+    error: grpc.RpcError, address: str, receive_limit: int = DEFAULT_RECEIVE_LIMIT
+) -> KubecaError:
     """The taxonomy's error for a failed call; the one place that reads status codes."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
@@ -189,7 +211,7 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"kubeca service at {address} did not answer in time")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return BY_STATUS["INVALID_ARGUMENT"](f"request refused as too large: {details}")
+        return _too_large(details, address, receive_limit)
     return BY_STATUS.get(code.name, InternalError)(details)
 
 
@@ -210,6 +232,9 @@ class Client:
         self.address = address
         self.timeout = timeout_seconds
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._receive_limit = int(
+            dict(channel_options).get("grpc.max_receive_message_length", DEFAULT_RECEIVE_LIMIT)
+        )
         self._channel = grpc.secure_channel(address, credentials, options=list(channel_options))
         self._stub = pb_grpc.CertificateAuthorityStub(self._channel)
 
@@ -245,7 +270,7 @@ class Client:
         try:
             yield
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
+            raise error_from_rpc(exc, self.address, self._receive_limit) from None
 
     def issue_certificate(
         self,
