@@ -10,13 +10,15 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench clean
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test fuzz campaign demo serve bench clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
 	@echo "make test   - install what is missing, lint, type-check, proto drift check, all tests"
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
+	@echo "make fuzz   - the fuzz suite at ten times the cases make test runs"
+	@echo "make campaign - 12,000 hostile requests over mutual TLS to a real server, tallied"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
 
 deps: deps-system deps-python
@@ -59,6 +61,15 @@ unit: deps-python
 test: deps lint proto-check
 	$(BIN)/pytest -q -ra tests
 
+# tests/fuzz runs in make test at scale 1 (over 10,000 cases); this runs ten times more.
+FUZZ_SCALE ?= 10
+fuzz: deps-python
+	KUBECA_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q tests/fuzz
+
+CAMPAIGN_REQUESTS ?= 12000
+campaign: deps
+	$(PY) bench/campaign.py --requests $(CAMPAIGN_REQUESTS)
+
 demo: deps
 	bash scripts/demo.sh
 
@@ -70,4 +81,4 @@ bench: deps
 	$(PY) bench/issuance.py
 
 clean:
-	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache .hypothesis campaign.json
