@@ -32,6 +32,7 @@ from kubeca_client.errors import (
     Unavailable,
 )
 from kubeca_client.keys import spki_der
+from kubeca_client.text import excerpt
 from kubeca_client.trust import pinned_ca
 
 
@@ -146,6 +147,8 @@ def _read(path: Path, key: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte: no file can have that name
+        raise ConfigError(f"{key}: {excerpt(str(path))} is not a file path") from None
 
 
 def _check_issued(csr: bytes, issued: IssuedCertificate) -> None:

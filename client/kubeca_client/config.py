@@ -37,6 +37,8 @@ def load_client_config(path: Path) -> ClientConfig:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read client config {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the name (from Terraform's query, say)
+        raise ConfigError(f"client config {str(path)[:80]!r} is not a file path") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"client config {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - set(KEYS))
@@ -53,7 +55,7 @@ def load_client_config(path: Path) -> ClientConfig:
         value = raw.get(key)
         if value is None:
             return None
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\x00" in value:
             raise ConfigError(f"{path}: {key} must be a file path")
         candidate = Path(value)
         return candidate if candidate.is_absolute() else path.parent / candidate

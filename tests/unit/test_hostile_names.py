@@ -176,3 +176,17 @@ def test_the_x509_library_matches_ipv4_mapped_as_we_assume() -> None:
     mapped = x509.IPAddress(ipaddress.ip_address("::ffff:10.96.0.1"))
     assert isinstance(mapped.value, ipaddress.IPv6Address)
     assert mapped.value.ipv4_mapped == ipaddress.ip_address("10.96.0.1")
+
+
+# --- found by the fuzz suite: a NUL byte in a path from Terraform's query -------------
+
+
+def test_a_client_config_path_with_a_nul_byte_is_a_config_error() -> None:
+    import io
+
+    from kubeca_client import terraform
+    from kubeca_client.errors import ConfigError
+
+    query = terraform._query(io.BytesIO(b'{"client_config": "a\\u0000b"}'))
+    with pytest.raises(ConfigError, match="not a file path"):
+        terraform._config(query, terraform._timeout(query))
