@@ -233,3 +233,13 @@ def test_load_config_reports_bad_toml(tmp_path: Path) -> None:
 def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "[::ffff:0.0.0.0]"])
+def test_every_form_of_a_wildcard_listen_address_stays_out_of_the_server_names(
+    tmp_path: Path, host: str
+) -> None:
+    # Issue 10, defect 8: ::ffff:0.0.0.0 binds everywhere as 0.0.0.0 does.
+    raw = {"listen": f"{host}:9443", "hsm": {"token_label": "t", "pin_env": "X"}}
+    config = parse_config(raw, tmp_path / "kubeca.toml")
+    assert config.tls.server_names == ("localhost", "127.0.0.1")
