@@ -33,12 +33,12 @@ class ClientConfig:
 
 
 def load_client_config(path: Path) -> ClientConfig:
+    if "\x00" in str(path):  # from Terraform's query, say: no file has that name
+        raise ConfigError(f"client config {str(path)[:80]!r} is not a file path")
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read client config {path}: {exc.strerror}") from None
-    except ValueError:  # a NUL byte in the name (from Terraform's query, say)
-        raise ConfigError(f"client config {str(path)[:80]!r} is not a file path") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"client config {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - set(KEYS))
