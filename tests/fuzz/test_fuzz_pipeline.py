@@ -41,7 +41,7 @@ csr_sans = st.one_of(
 )
 
 
-@examples(300)
+@examples(1000)
 @given(
     profile=st.one_of(st.sampled_from(sorted(PROFILES)), st.text(max_size=20)),
     values=parameters(),
