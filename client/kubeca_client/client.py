@@ -46,6 +46,13 @@ class IssuedCertificate:
     fingerprint_sha256: str
     authority: str
     reused: bool = False
+    # The CA's trust bundle (old and new during a rotation): what CA files should hold.
+    ca_bundle_pem: str = ""
+
+    @property
+    def trust_pem(self) -> str:
+        """The bundle, or the signing CA alone from a server that sends no bundle."""
+        return self.ca_bundle_pem or self.ca_certificate_pem
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -58,6 +65,16 @@ class CACertificate:
     certificate_pem: str
     ca_cert_hash: str
     not_after: datetime
+    bundle_pem: str = ""  # every published generation, the issuing one first
+    issuing_key_id: str = ""  # hex SubjectKeyIdentifier of the issuing generation
+    cross_certificate_pem: str = ""
+    key_provenance: str = ""  # "generated" or "imported"
+
+    @property
+    def trust_pem(self) -> str:
+        """What a CA file should hold: the bundle (the issuing certificate from a
+        server that sends none)."""
+        return self.bundle_pem or self.certificate_pem
 
 
 @dataclass(frozen=True)
@@ -174,8 +191,11 @@ def _utc(stamp: object) -> datetime:
 
 
 def _tls_refused(details: str) -> bool:
+    # Words of the transport, not of a status the service sent: its own UNAVAILABLE
+    # may well say "certificate" ("the HSM's keys do not match the CA certificates").
     text = details.lower()
-    return "socket closed" in text or "handshake" in text or "certificate" in text
+    transport = "socket closed" in text or "handshake" in text or "ssl" in text
+    return transport or ("certificate" in text and "failed to connect" in text)
 
 
 # gRPC's default cap on a message a channel receives, unless channel_options set one.
@@ -303,6 +323,7 @@ class Client:
             fingerprint_sha256=r.fingerprint_sha256,
             authority=r.authority,
             reused=r.reused,
+            ca_bundle_pem=r.ca_bundle_pem,
         )
         _check_issued(csr, issued)
         return issued
@@ -315,7 +336,16 @@ class Client:
                 metadata=self._metadata,
             )
         return [
-            CACertificate(a.authority, a.certificate_pem, a.ca_cert_hash, _utc(a.not_after))
+            CACertificate(
+                a.authority,
+                a.certificate_pem,
+                a.ca_cert_hash,
+                _utc(a.not_after),
+                a.bundle_pem,
+                a.issuing_key_id,
+                a.cross_certificate_pem,
+                a.key_provenance,
+            )
             for a in r.authorities
         ]
 
@@ -363,24 +393,27 @@ class Client:
             r = self._stub.CreateBootstrapToken(request, timeout=self.timeout)
         return CreatedToken(r.token, r.token_id, _utc(r.expires), r.ca_cert_hash)
 
-    def bootstrap_tokens(self) -> list[BootstrapToken]:
-        with self._call():
-            r = self._stub.ListBootstrapTokens(
-                pb.ListBootstrapTokensRequest(), timeout=self.timeout
-            )
-        return [
-            BootstrapToken(
-                token_id=t.token_id,
-                profiles=tuple(t.profiles),
-                node_name=t.node_name,
-                addresses=tuple(t.addresses),
-                expires=_utc(t.expires),
-                created_by=t.created_by,
-                used_profiles=tuple(t.used_profiles),
-                revoked=t.revoked,
-            )
-            for t in r.tokens
-        ]
+    def bootstrap_tokens(self, page_size: int = 0) -> Iterator[BootstrapToken]:
+        """Every live token the caller may see, page after page, as they arrive."""
+        token = ""
+        while True:
+            request = pb.ListBootstrapTokensRequest(page_size=page_size, page_token=token)
+            with self._call():
+                r = self._stub.ListBootstrapTokens(request, timeout=self.timeout)
+            for t in r.tokens:
+                yield BootstrapToken(
+                    token_id=t.token_id,
+                    profiles=tuple(t.profiles),
+                    node_name=t.node_name,
+                    addresses=tuple(t.addresses),
+                    expires=_utc(t.expires),
+                    created_by=t.created_by,
+                    used_profiles=tuple(t.used_profiles),
+                    revoked=t.revoked,
+                )
+            token = r.next_page_token
+            if not token:
+                return
 
     def revoke_bootstrap_token(self, token_id: str) -> None:
         with self._call():
@@ -415,10 +448,10 @@ class Client:
         profile: str = "",
         expiring_within_seconds: int = 0,
         revoked_only: bool = False,
-    ) -> list[CertificateRecord]:
-        """Every certificate that matches, page after page (the service answers in
-        pages of at most a few hundred)."""
-        records: list[CertificateRecord] = []
+        page_size: int = 0,
+    ) -> Iterator[CertificateRecord]:
+        """Every certificate that matches, page after page as they arrive (the service
+        answers in pages of at most a thousand)."""
         token = ""
         while True:
             request = pb.ListCertificatesRequest(
@@ -426,12 +459,13 @@ class Client:
                 profile=profile,
                 expiring_within_seconds=expiring_within_seconds,
                 revoked_only=revoked_only,
+                page_size=page_size,
                 page_token=token,
             )
             with self._call():
                 r = self._stub.ListCertificates(request, timeout=self.timeout)
-            records.extend(
-                CertificateRecord(
+            for c in r.certificates:
+                yield CertificateRecord(
                     serial=c.serial,
                     authority=c.authority,
                     profile=c.profile,
@@ -445,8 +479,6 @@ class Client:
                     revocation_reason=c.revocation_reason,
                     fingerprint_sha256=c.fingerprint_sha256,
                 )
-                for c in r.certificates
-            )
             token = r.next_page_token
             if not token:
-                return records
+                return

@@ -18,10 +18,12 @@ from kubeca_server.api.listeners import Listener, MutualTLS, ServerTLS
 from kubeca_server.api.methods import Environment
 from kubeca_server.ca import lifecycle
 from kubeca_server.ca.crl import CRLPublisher
+from kubeca_server.ca.keycheck import KeyGuard
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.service_tls import load_server_credentials
 from kubeca_server.config import ServerConfig
+from kubeca_server.issuance.credentials import RevokedCredentials
 from kubeca_server.issuance.inventory import Inventory
 from kubeca_server.issuance.permits import Gatekeeper
 from kubeca_server.issuance.pipeline import IssuancePipeline
@@ -75,11 +77,15 @@ class Core:
     tokens: TokenAdmin
     crls: CRLPublisher
     clock: Clock
+    keys: KeyGuard
+    credentials: RevokedCredentials
 
     def probe(self) -> None:
-        """Raise Unavailable unless the HSM and the store both answer now."""
+        """Raise Unavailable unless the HSM and the store both answer now, and the HSM's
+        keys are the CAs' (checked again after every reconnect)."""
         self.backend.probe()
         self.ledger.store.probe()
+        self.keys.ensure()
 
     def close(self) -> None:
         self.backend.close()
@@ -93,7 +99,11 @@ def build_core(
     linter: Linter | None = None,
     clock: Clock = utc_now,
 ) -> Core:
-    registry = CARegistry(lifecycle.load(config, backend, ledger.store, linter or Linter(), clock))
+    keys = KeyGuard(backend)
+    registry = CARegistry(
+        lifecycle.load(config, backend, ledger.store, linter or Linter(), clock, keys.ensure)
+    )
+    keys.watch(registry.generations)
     gatekeeper = Gatekeeper(config.grants, ledger.store, clock)
     crls = CRLPublisher(registry, ledger, config.crl_dir, clock=clock)
     return Core(
@@ -113,6 +123,8 @@ def build_core(
         tokens=TokenAdmin(gatekeeper, ledger, clock),
         crls=crls,
         clock=clock,
+        keys=keys,
+        credentials=RevokedCredentials(ledger.store),
     )
 
 
@@ -168,11 +180,22 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
     try:
         listeners = tls_listeners(config, core)
         health = HealthMonitor(core.probe, (SERVICE_NAME,), on_change=metrics.hsm_up)
-        env = Environment(core.ledger, metrics, health)
+        env = Environment(core.ledger, metrics, health, core.credentials)
         handlers = CAHandlers(
             core.pipeline, core.registry, core.inventory, core.tokens, core.crls, metrics
         )
-        maintenance = Maintenance(core.registry, core.crls, core.ledger, metrics, core.clock)
+        watch = lifecycle.GenerationWatch(
+            config,
+            core.backend,
+            core.ledger.store,
+            Linter(),
+            core.registry,
+            core.clock,
+            core.keys.ensure,
+        )
+        maintenance = Maintenance(
+            core.registry, core.crls, core.ledger, metrics, core.clock, watch=watch
+        )
         maintenance.run_once()
         health.start()
         maintenance.start()

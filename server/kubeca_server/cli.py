@@ -8,6 +8,7 @@ variable the config names.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -39,8 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     issue = actions.add_parser(
         "issue", help="a client certificate and key for an operator identity (its CN)"
     )
-    issue.add_argument("--name", required=True, help="the identity, as named in [grants]")
-    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
+    issue.add_argument("--name", help="the identity, as named in [grants]")
+    issue.add_argument("--out", type=Path, help="directory for the files")
+    issue.add_argument(
+        "--renew",
+        type=Path,
+        metavar="DIR",
+        help="renew the credential in DIR (its client.crt names the identity): new files "
+        "in DIR unless --out says otherwise; the old certificate stays valid until it "
+        "expires or is revoked",
+    )
     issue.add_argument("--lifetime-days", type=int, default=365)
 
     audit = commands.add_parser("audit", help="the tamper-evident audit chain")
@@ -54,6 +63,37 @@ def _parser() -> argparse.ArgumentParser:
         "outside the state directory being checked",
     )
     audit_actions.add_parser("checkpoint", help="sign the chain's head now (HSM)")
+
+    ca = commands.add_parser("ca", help="CA lifecycle: adopt an existing PKI, rotate, status")
+    ca_actions = ca.add_subparsers(dest="action", required=True)
+    importing = ca_actions.add_parser(
+        "import",
+        help="put an existing cluster's CA keys into the HSM (before init; never replaces a key)",
+    )
+    source = importing.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="directory", type=Path, help="a kubeadm pki directory")
+    source.add_argument("--authority", help="one authority, with --cert and --key")
+    importing.add_argument("--cert", type=Path, help="its CA certificate (PEM; sa.pub for sa)")
+    importing.add_argument("--key", type=Path, help="its private key (PEM)")
+    passphrase = importing.add_mutually_exclusive_group()
+    passphrase.add_argument("--passphrase-file", type=Path, help="file holding the passphrase")
+    passphrase.add_argument("--passphrase-env", help="environment variable holding it")
+    rotate = ca_actions.add_parser("rotate", help="rotate a CA in three steps")
+    steps = rotate.add_subparsers(dest="step", required=True)
+    for step, text in (
+        ("begin", "a new key generation, trusted beside the old one, which still issues"),
+        ("switch", "the new generation issues; the old stays trusted"),
+        ("finish", "the old generation is no longer trusted or published"),
+    ):
+        parser_step = steps.add_parser(step, help=text)
+        parser_step.add_argument("--authority", required=True, help="e.g. etcd-ca")
+        if step == "finish":
+            parser_step.add_argument(
+                "--force",
+                action="store_true",
+                help="retire even while unexpired leaves of the old generation exist",
+            )
+    ca_actions.add_parser("status", help="each CA's generations, leaves and expiry")
 
     serve = commands.add_parser("serve", help="serve the gRPC API")
     serve.add_argument(
@@ -110,19 +150,70 @@ def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
 
 
 def _credentials(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.verbs import issue_credentials
+    from kubeca_server.verbs import credential_name, current_credential, issue_credentials
 
     if not 1 <= args.lifetime_days <= 3650:
         raise InvalidArgument("--lifetime-days must be 1 to 3650")
-    out = issue_credentials(config, args.name, args.out, timedelta(days=args.lifetime_days))
-    print(f"wrote {out}/client.crt, client.key (0600) and ca.crt for {args.name!r}")
-    if args.name not in config.grants:
-        print(f"note: [grants.{args.name}] is not in {config.path}: it may obtain nothing")
+    renews = current_credential(args.renew) if args.renew else None
+    name = credential_name(renews) if renews is not None else args.name
+    if renews is not None and args.name and args.name != name:
+        raise InvalidArgument(f"--name {args.name[:64]!r} is not the renewed identity {name!r}")
+    out = args.out or args.renew
+    if not name or out is None:
+        raise InvalidArgument("give --name and --out, or --renew DIR")
+    out = issue_credentials(config, name, out, timedelta(days=args.lifetime_days), renews)
+    verb = "renewed" if renews is not None else "wrote"
+    print(f"{verb} {out}/client.crt, client.key (0600) and ca.crt for {name!r}")
+    if name not in config.grants:
+        print(f"note: [grants.{name}] is not in {config.path}: it may obtain nothing")
     print("client config:")
     print(f'  address = "{config.listen}"')
     print(f'  ca_file = "{out.resolve()}/ca.crt"')
     print(f'  cert_file = "{out.resolve()}/client.crt"')
     print(f'  key_file = "{out.resolve()}/client.key"')
+    return 0
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    """From a file or the environment, never argv (it would show in ps)."""
+    if args.passphrase_file is not None:
+        try:
+            data: bytes = args.passphrase_file.read_bytes()
+            return data.rstrip(b"\r\n")
+        except OSError as exc:
+            raise InvalidArgument(
+                f"--passphrase-file: {args.passphrase_file} cannot be read ({exc.strerror})"
+            ) from None
+    if args.passphrase_env is not None:
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise InvalidArgument(f"--passphrase-env: {args.passphrase_env} is not set")
+        return value.encode()
+    return None
+
+
+def _ca(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server import verbs
+
+    if args.action == "import":
+        if args.authority is not None and (args.cert is None or args.key is None):
+            raise InvalidArgument("--authority needs --cert and --key")
+        if args.directory is not None and (args.cert is not None or args.key is not None):
+            raise InvalidArgument("--from takes the whole directory; leave out --cert and --key")
+        lines = verbs.import_authorities(
+            config,
+            directory=args.directory,
+            authority=args.authority,
+            cert=args.cert,
+            key=args.key,
+            passphrase=_passphrase(args),
+        )
+    elif args.action == "rotate":
+        lines = [verbs.rotate(config, args.step, args.authority, getattr(args, "force", False))]
+    else:
+        lines = verbs.ca_status(config)
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -140,6 +231,7 @@ COMMANDS = {
     "migrate": _migrate,
     "audit": _audit,
     "credentials": _credentials,
+    "ca": _ca,
     "serve": _serve,
 }
 

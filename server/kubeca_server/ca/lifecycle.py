@@ -22,6 +22,7 @@ from kubeca_client.keys import algorithm_of, spki_der
 
 from kubeca_server.ca.authority import CertificateAuthority, Generation
 from kubeca_server.ca.lint import Linter
+from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.signer import Signer
 from kubeca_server.config import AuthorityConfig, ServerConfig
 from kubeca_server.keys import CAPrivateKey, KeyBackend
@@ -206,11 +207,21 @@ def load(
     store: Store,
     linter: Linter,
     clock: Clock = lambda: datetime.now(UTC),
+    before_signing: Callable[[], None] = lambda: None,
 ) -> dict[str, CertificateAuthority]:
     """Every CA, checked: in the store, each certificate a CA bound to its HSM key, and
     the issuing generation current."""
-    rows = generation_rows(store)
-    now = clock()
+    return _build(config, backend, generation_rows(store), linter, clock(), before_signing)
+
+
+def _build(
+    config: ServerConfig,
+    backend: KeyBackend,
+    rows: Mapping[str, Sequence[GenerationRow]],
+    linter: Linter,
+    now: datetime,
+    before_signing: Callable[[], None],
+) -> dict[str, CertificateAuthority]:
     loaded: dict[str, CertificateAuthority] = {}
     for name in config.authorities:
         found = rows.get(name, [])
@@ -218,7 +229,7 @@ def load(
             raise ConfigError(
                 f"{name}: not in the store; run 'kubeca-server --config {config.path} init' first"
             )
-        generations = tuple(_load_generation(row, backend, linter) for row in found)
+        generations = tuple(_load_generation(row, backend, linter, before_signing) for row in found)
         ca = CertificateAuthority(name, generations)
         if ca.issuing.not_after <= now:
             raise ConfigError(f"{name}: the CA certificate expired")
@@ -226,7 +237,12 @@ def load(
     return loaded
 
 
-def _load_generation(row: GenerationRow, backend: KeyBackend, linter: Linter) -> Generation:
+def _load_generation(
+    row: GenerationRow,
+    backend: KeyBackend,
+    linter: Linter,
+    before_signing: Callable[[], None] = lambda: None,
+) -> Generation:
     name = row.authority
     try:
         certificate = x509.load_pem_x509_certificate(row.certificate_pem.encode())
@@ -247,8 +263,67 @@ def _load_generation(row: GenerationRow, backend: KeyBackend, linter: Linter) ->
         )
     _check_is_ca(name, certificate)
     return Generation(
-        name, row.generation, certificate, Signer(key, linter), row.state, row.provenance
+        name,
+        row.generation,
+        certificate,
+        Signer(key, linter, before_signing),
+        row.state,
+        row.provenance,
+        row.cross_certificate_pem,
     )
+
+
+def _fingerprint(rows: Mapping[str, Sequence[GenerationRow]]) -> tuple[object, ...]:
+    return tuple(
+        (r.authority, r.generation, r.state, r.certificate_pem)
+        for name in sorted(rows)
+        for r in rows[name]
+    )
+
+
+class GenerationWatch:
+    """Swaps the registry's snapshot when the store's generations change: a rotation
+    step taken by ``kubeca-server ca rotate`` (another process, maybe another host)
+    reaches every running worker without a restart. ``check`` costs one small read
+    while nothing changed; the HSM is asked for keys only when something did."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        backend: KeyBackend,
+        store: Store,
+        linter: Linter,
+        registry: CARegistry,
+        clock: Clock,
+        before_signing: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._before_signing = before_signing
+        self._config = config
+        self._backend = backend
+        self._store = store
+        self._linter = linter
+        self._registry = registry
+        self._clock = clock
+        self._seen = _fingerprint(generation_rows(store))
+
+    def check(self) -> bool:
+        """Reload if the generations changed; True when the snapshot was replaced."""
+        rows = generation_rows(self._store)
+        seen = _fingerprint(rows)
+        if seen == self._seen:
+            return False
+        self._registry.replace(
+            _build(
+                self._config,
+                self._backend,
+                rows,
+                self._linter,
+                self._clock(),
+                self._before_signing,
+            )
+        )
+        self._seen = seen
+        return True
 
 
 def publish_bundles(config: ServerConfig, authorities: Mapping[str, CertificateAuthority]) -> None:

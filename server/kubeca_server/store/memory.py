@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubeca_client.errors import Unavailable
+from kubeca_client.errors import NotFound, Unavailable
 
 from kubeca_server.ledger.chain import GENESIS, ChainRow, Checkpoint, chain_row
 from kubeca_server.store.records import (
@@ -25,6 +25,7 @@ from kubeca_server.store.records import (
     GenerationState,
     InventoryCursor,
     InventoryQuery,
+    TokenCursor,
     TokenRecord,
 )
 
@@ -193,9 +194,14 @@ class _Tokens:
     def find(self, token_id: str) -> TokenRecord | None:
         return self._t.tokens.get(token_id)
 
-    def list(self, now: datetime) -> list[TokenRecord]:
-        live = [t for t in self._t.tokens.values() if t.expires_at > now]
-        return sorted(live, key=lambda t: t.created_at, reverse=True)
+    def page(self, now: datetime, after: TokenCursor | None, limit: int) -> list[TokenRecord]:
+        live = [
+            t
+            for t in self._t.tokens.values()
+            if t.expires_at > now
+            and (after is None or (t.expires_at, t.token_id) < (after.expires_at, after.token_id))
+        ]
+        return sorted(live, key=lambda t: (t.expires_at, t.token_id), reverse=True)[:limit]
 
     def revoke(self, token_id: str, now: datetime) -> bool:
         token = self._t.tokens.get(token_id)
@@ -261,9 +267,15 @@ class _Generations:
             raise ValueError(f"{row.authority} generation {row.generation} exists already")
         self._t.generations[key] = row
 
-    def set_state(self, authority: str, generation: int, state: GenerationState) -> None:
+    def set_state(
+        self, authority: str, generation: int, state: GenerationState, when: datetime
+    ) -> None:
         key = (authority, generation)
-        self._t.generations[key] = dataclasses.replace(self._t.generations[key], state=state)
+        if key not in self._t.generations:
+            raise NotFound(f"{authority} has no generation {generation}")
+        self._t.generations[key] = dataclasses.replace(
+            self._t.generations[key], state=state, state_changed_at=when
+        )
 
 
 class _Unit:

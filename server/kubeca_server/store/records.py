@@ -60,6 +60,15 @@ class InventoryCursor:
     serial: str
 
 
+@dataclass(frozen=True)
+class TokenCursor:
+    """Where a page of bootstrap tokens ended: they go latest-expiring first, in
+    (expires_at, token_id) descending order."""
+
+    expires_at: datetime
+    token_id: str
+
+
 class GenerationState(StrEnum):
     ISSUING = "issuing"  # signs new certificates; exactly one per CA
     TRUSTED = "trusted"  # published and trusted, but signs nothing new
@@ -90,3 +99,8 @@ class GenerationRow:
     created_at: datetime
     kind: KeyKind = KeyKind.CA
     public_key_pem: str = ""  # SubjectPublicKeyInfo PEM (for a CA: of its certificate)
+    # The new key's certificate signed by the generation before it (rotation), so a
+    # client that trusts only the old CA accepts chains from the new one; "" if none.
+    cross_certificate_pem: str = ""
+    # When ``state`` last changed (None: it has the state it was added with).
+    state_changed_at: datetime | None = None
