@@ -18,7 +18,7 @@ BENCH_DEB_NEEDS := /usr/bin/cfssl:golang-cfssl /usr/bin/go:golang-go /usr/share/
 PROTO_SRC := proto/kubeca/v1/kubeca.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test demo serve bench bench-replicas terraform-provider clean
+.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test fuzz campaign demo serve bench bench-replicas terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
@@ -26,6 +26,8 @@ help:
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - kubeca vs the HSM's raw rate vs cfssl, 1-64 connections, with a plot"
 	@echo "make bench-replicas - two replicas on PostgreSQL beside one server on SQLite"
+	@echo "make fuzz   - the fuzz suite at ten times the cases make test runs"
+	@echo "make campaign - 12,000 hostile requests over mutual TLS to a real server, tallied"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
 	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
 
@@ -69,6 +71,15 @@ unit: deps-python
 test: deps lint proto-check
 	$(BIN)/pytest -q -ra tests
 
+# tests/fuzz runs in make test at scale 1 (over 10,000 cases); this runs ten times more.
+FUZZ_SCALE ?= 10
+fuzz: deps-python
+	KUBECA_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q tests/fuzz
+
+CAMPAIGN_REQUESTS ?= 12000
+campaign: deps
+	$(PY) bench/campaign.py --requests $(CAMPAIGN_REQUESTS)
+
 demo: deps
 	bash scripts/demo.sh
 
@@ -100,4 +111,4 @@ terraform-provider: deps-python
 	$(BIN)/kubeca terraform-provider install $(if $(TF_MIRROR),--mirror $(TF_MIRROR))
 
 clean:
-	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache .hypothesis campaign.json

@@ -13,6 +13,7 @@ refusal in the ledger, and a retried INVALID_ARGUMENT the same mistake twice.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from kubeca_client.errors import (
     BY_STATUS,
     ConfigError,
     DeadlineExceeded,
+    FailedPrecondition,
     InternalError,
+    InvalidArgument,
     KubecaError,
     Unauthenticated,
     Unavailable,
 )
 from kubeca_client.keys import spki_der
+from kubeca_client.text import excerpt
 from kubeca_client.trust import pinned_ca
 
 # Between rounds over every replica, all of them UNAVAILABLE: a short pause.
@@ -173,6 +177,8 @@ def _read(path: Path, key: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte: no file can have that name
+        raise ConfigError(f"{key}: {excerpt(str(path))} is not a file path") from None
 
 
 def _check_issued(csr: bytes, issued: IssuedCertificate) -> None:
@@ -205,7 +211,26 @@ def _tls_refused(details: str) -> bool:
     return transport or ("certificate" in text and "failed to connect" in text)
 
 
-def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
+# gRPC's default cap on a message a channel receives, unless channel_options set one.
+DEFAULT_RECEIVE_LIMIT = 4 * 1024 * 1024
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _too_large(details: str, address: str, receive_limit: int) -> KubecaError:
+    """RESOURCE_EXHAUSTED is the same words for a request the server would not take and
+    an answer this client would not take; the limit it names tells which."""
+    found = _TOO_LARGE.search(details)
+    if found is not None and int(found.group(2)) == receive_limit:
+        return FailedPrecondition(
+            f"the answer of the kubeca service at {address} is {found.group(1)} bytes, more "
+            f"than this client accepts ({receive_limit} bytes); ask for less at a time"
+        )
+    return InvalidArgument(f"request refused as too large: {details}")
+
+
+def error_from_rpc(
+    error: grpc.RpcError, address: str, receive_limit: int = DEFAULT_RECEIVE_LIMIT
+) -> KubecaError:
     """The taxonomy's error for a failed call; the one place that reads status codes."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
@@ -222,7 +247,7 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"kubeca service at {address} did not answer in time")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return BY_STATUS["INVALID_ARGUMENT"](f"request refused as too large: {details}")
+        return _too_large(details, address, receive_limit)
     return BY_STATUS.get(code.name, InternalError)(details)
 
 
@@ -246,6 +271,9 @@ class Client:
             raise ConfigError("a client needs at least one address")
         self.timeout = timeout_seconds
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._receive_limit = int(
+            dict(channel_options).get("grpc.max_receive_message_length", DEFAULT_RECEIVE_LIMIT)
+        )
         self._channels = [
             grpc.secure_channel(address, credentials, options=list(channel_options))
             for address in self.addresses
@@ -302,7 +330,7 @@ class Client:
             try:
                 result = call(self._stubs[index], remaining)
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc, self.addresses[index])
+                error = error_from_rpc(exc, self.addresses[index], self._receive_limit)
                 if count == 1 or exc.code() != grpc.StatusCode.UNAVAILABLE:
                     self._current = index  # it answered, if only to refuse
                     raise error from None

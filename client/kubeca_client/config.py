@@ -60,6 +60,8 @@ def parse_addresses(value: object, what: str) -> tuple[str, ...]:
 
 
 def load_client_config(path: Path) -> ClientConfig:
+    if "\x00" in str(path):  # from Terraform's query, say: no file has that name
+        raise ConfigError(f"client config {str(path)[:80]!r} is not a file path")
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -78,7 +80,7 @@ def load_client_config(path: Path) -> ClientConfig:
         value = raw.get(key)
         if value is None:
             return None
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\x00" in value:
             raise ConfigError(f"{path}: {key} must be a file path")
         candidate = Path(value)
         return candidate if candidate.is_absolute() else path.parent / candidate

@@ -48,15 +48,76 @@ def parse_ip(value: str, what: str) -> IPAddress:
         address = ipaddress.ip_address(value)
     except ValueError:
         raise InvalidArgument(f"{what}: {_show(value)} is not an IP address") from None
-    _check_address(address, value, what)
+    check_address(address, what)
     return address
 
 
-def _check_address(address: IPAddress, text: str, what: str) -> None:
+def canonical_ip(address: IPAddress) -> IPAddress:
+    """The address as TLS clients compare it: Go's net.IP.Equal (used by crypto/x509)
+    takes ``::ffff:a.b.c.d`` to be the IPv4 address ``a.b.c.d``."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_address(address: IPAddress, what: str) -> None:
+    """The one IP policy, for every place an address enters (parameters, token
+    addresses, server names, the service network's first address, the pki client):
+    unicast, no zone, and written the one way, so no form of an address slips past a
+    rule written for another form of it."""
+    text = str(address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise InvalidArgument(
+            f"{what}: {text} is an IPv4-mapped IPv6 address; TLS clients take it for "
+            f"{address.ipv4_mapped}, so write {address.ipv4_mapped}"
+        )
     if address.is_unspecified or address.is_multicast:
         raise InvalidArgument(f"{what}: {text} is not an address a host can be reached at")
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         raise InvalidArgument(f"{what}: {text} has a zone, which a certificate cannot name")
+
+
+def service_address(network: IPNetwork, what: str) -> IPAddress:
+    """kubeadm's GetAPIServerVirtualIP: the first host address of the service network,
+    held to the same policy as any other address a certificate names."""
+    address = network.network_address + 1
+    check_address(address, f"{what} (its first address, the API server's service IP)")
+    return address
+
+
+def _dns_form(name: str) -> str:
+    # How crypto/x509 compares: case-insensitive, a trailing dot ignored.
+    return name.lower().removesuffix(".")
+
+
+def dns_matches(pattern: str, host: str) -> bool:
+    """Whether a certificate naming ``pattern`` is valid for ``host``, as Go's
+    crypto/x509 (kubectl, kubelets, controllers) decides: a ``*`` only as the whole
+    leftmost label, standing for exactly one label."""
+    pattern, host = _dns_form(pattern), _dns_form(host)
+    if not pattern or not host:
+        return False
+    if pattern == host:
+        return True
+    pattern_labels, host_labels = pattern.split("."), host.split(".")
+    if pattern_labels[0] != "*" or len(pattern_labels) != len(host_labels):
+        return False
+    return (
+        len(pattern_labels) > 1 and pattern_labels[1:] == host_labels[1:] and host_labels[0] != ""
+    )
+
+
+def ip_matches(named: IPAddress, address: IPAddress) -> bool:
+    """Whether a certificate naming ``named`` is valid for ``address`` (net.IP.Equal)."""
+    return canonical_ip(named) == canonical_ip(address)
+
+
+def covers(sans: SubjectAltNames, dns: Sequence[str], ips: Sequence[IPAddress]) -> list[str]:
+    """Which of the names ``dns`` and addresses ``ips`` a certificate with ``sans``
+    would be accepted for by a TLS client; empty if none."""
+    hits = [h for h in dns if any(dns_matches(p, h) for p in sans.dns)]
+    hits.extend(str(a) for a in ips if any(ip_matches(n, a) for n in sans.ips))
+    return hits
 
 
 def parse_cidr(value: str, what: str) -> IPNetwork:
@@ -101,7 +162,7 @@ def parse_san(value: str, what: str) -> SubjectAltNames:
     except ValueError:
         pass
     else:
-        _check_address(address, value, what)
+        check_address(address, what)
         return SubjectAltNames(ips=(address,))
     name = value.removeprefix("*.")
     if is_dns1123_subdomain(name):
@@ -141,5 +202,5 @@ def parse_endpoint_host(value: str, what: str) -> SubjectAltNames:
         address = ipaddress.ip_address(host)
     except ValueError:
         return SubjectAltNames(dns=(parse_dns_name(host, what),))
-    _check_address(address, host, what)
+    check_address(address, what)
     return SubjectAltNames(ips=(address,))

@@ -16,7 +16,9 @@ from kubeca_client.names import (
     parse_endpoint_host,
     parse_ip,
     parse_san_list,
+    service_address,
 )
+from kubeca_client.text import excerpt
 
 MAX_PARAMETER_LENGTH = 4096
 
@@ -27,6 +29,8 @@ def _service_cidr(value: str, what: str) -> object:
     if len(parts) > 2:
         raise InvalidArgument(f"{what}: at most two networks (one per IP family)")
     networks = [parse_cidr(part.strip(), what) for part in parts]
+    for network in networks:
+        service_address(network, what)  # the API server's address: held to the IP policy
     return networks[0]
 
 
@@ -45,7 +49,9 @@ def parse_parameter(name: str, value: str) -> object | None:
     InvalidArgument naming it if malformed. KeyError for a name no profile declares:
     callers check names against the profile first."""
     if len(value) > MAX_PARAMETER_LENGTH:
-        raise InvalidArgument(f"parameter {name} is longer than {MAX_PARAMETER_LENGTH} characters")
+        raise InvalidArgument(
+            f"parameter {excerpt(name, 64)} is longer than {MAX_PARAMETER_LENGTH} characters"
+        )
     if not value.strip():
         return None
     return PARSERS[name](value.strip(), f"parameter {name}")

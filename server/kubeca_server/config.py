@@ -20,7 +20,7 @@ from typing import Any
 from kubeca_client.authorities import ALL_CAS
 from kubeca_client.errors import ConfigError
 from kubeca_client.keys import KeyAlgorithm
-from kubeca_client.names import IPNetwork
+from kubeca_client.names import IPNetwork, canonical_ip
 
 from kubeca_server.profiles import PROFILES
 
@@ -326,9 +326,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         if address is not None
     ]
     names = tls_table.strings("server_names", ("localhost", "127.0.0.1"))
-    # A wildcard bind address has no name to put in a certificate.
-    wildcard = {"0.0.0.0", "::", ""}  # noqa: S104
-    extra_names = [h for h in listen_hosts if h not in wildcard and h not in names]
+    # A wildcard bind address, in any of its forms, has no name to put in a certificate.
+    extra_names = [h for h in listen_hosts if not _binds_everywhere(h) and h not in names]
     tls = TlsConfig(
         server_names=(*names, *extra_names),
         certificate_lifetime=timedelta(
@@ -423,6 +422,15 @@ def redact_url(url: str) -> str:
         authority = f"{userinfo.partition(':')[0]}:***@{host}"
     tail = re.sub(r"(?i)(password=)[^&]*", r"\1***", tail)
     return f"{scheme}{sep}{authority}{slash}{tail}"
+
+
+def _binds_everywhere(host: str) -> bool:
+    if not host:
+        return True
+    try:
+        return canonical_ip(ipaddress.ip_address(host)).is_unspecified
+    except ValueError:
+        return False
 
 
 GRANT_KEYS = {

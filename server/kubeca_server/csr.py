@@ -14,10 +14,25 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kubeca_client.errors import InvalidArgument
 from kubeca_client.names import SubjectAltNames
+from kubeca_client.text import excerpt
 
 from kubeca_server.profiles import LeafPublicKey
 
 MAX_CSR_BYTES = 16 * 1024
+# Everything cryptography may raise while reading bytes it was handed: x509.InvalidVersion
+# (a version field that is not 0) is neither a ValueError nor a TypeError, and a new
+# release may add more; reading untrusted bytes must never become INTERNAL.
+UNREADABLE = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.UnsupportedGeneralNameType,
+    x509.DuplicateExtension,
+    OverflowError,
+    IndexError,
+    KeyError,
+)
 RSA_MIN_BITS = 2048
 RSA_MAX_BITS = 8192
 ALLOWED_CURVES = ("secp256r1", "secp384r1")
@@ -33,11 +48,15 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
             csr = x509.load_pem_x509_csr(data.strip())
         else:
             csr = x509.load_der_x509_csr(data)
-    except ValueError:
+    except x509.InvalidVersion:
+        raise InvalidArgument(
+            "csr has a version field other than 0 (v1), the only PKCS#10 version"
+        ) from None
+    except UNREADABLE:
         raise InvalidArgument("csr is not a PKCS#10 certificate request in PEM or DER") from None
     try:
         valid = csr.is_signature_valid
-    except (ValueError, x509.UnsupportedGeneralNameType, TypeError, UnsupportedAlgorithm):
+    except UNREADABLE:
         valid = False
     if not valid:
         raise InvalidArgument(
@@ -47,8 +66,8 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         # Decoded now, so a subject that is not valid UTF-8 (or otherwise broken) is
         # refused here instead of surfacing later as an internal error.
         csr.subject.rfc4514_string()
-    except ValueError as exc:
-        raise InvalidArgument(f"csr subject cannot be decoded ({exc})") from None
+    except UNREADABLE as exc:
+        raise InvalidArgument(f"csr subject cannot be decoded ({excerpt(str(exc))})") from None
     return csr
 
 
@@ -56,8 +75,8 @@ def leaf_public_key(csr: x509.CertificateSigningRequest) -> LeafPublicKey:
     """The CSR's key, if it meets the leaf key policy: RSA 2048-8192 or P-256/P-384."""
     try:
         key = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as exc:
-        raise InvalidArgument(f"csr public key cannot be read: {exc}") from None
+    except UNREADABLE as exc:
+        raise InvalidArgument(f"csr public key cannot be read: {excerpt(str(exc))}") from None
     if isinstance(key, rsa.RSAPublicKey):
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
             raise InvalidArgument(
@@ -85,8 +104,9 @@ def check_requested_subject(csr: x509.CertificateSigningRequest, expected: x509.
     got = sorted((a.oid.dotted_string, str(a.value)) for a in requested)
     if want != got:
         raise InvalidArgument(
-            f"csr subject {requested.rfc4514_string()!r} does not match what this profile "
-            f"issues, {expected.rfc4514_string()!r}; send an empty subject or exactly that one"
+            f"csr subject {excerpt(requested.rfc4514_string())} does not match what this "
+            f"profile issues, {excerpt(expected.rfc4514_string())}; send an empty subject or "
+            "exactly that one"
         )
 
 
@@ -96,8 +116,8 @@ def requested_sans(csr: x509.CertificateSigningRequest) -> SubjectAltNames | Non
         extension = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return None
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        raise InvalidArgument(f"csr extensions cannot be parsed: {exc}") from None
+    except UNREADABLE as exc:
+        raise InvalidArgument(f"csr extensions cannot be parsed: {excerpt(str(exc))}") from None
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for name in extension.value:
@@ -123,7 +143,9 @@ def check_requested_sans(csr: x509.CertificateSigningRequest, computed: SubjectA
     extra_ips = [str(ip) for ip in requested.ips if ip not in computed.ips]
     extra = extra_dns + extra_ips
     if extra:
+        shown = ", ".join(excerpt(name, 64) for name in extra[:5])
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise InvalidArgument(
             f"csr asks for SANs this profile would not issue with these parameters: "
-            f"{', '.join(extra[:10])}; pass them in extra_sans if the profile takes it"
+            f"{shown}{more}; pass them in extra_sans if the profile takes it"
         )

@@ -23,8 +23,10 @@ from kubeca_client.names import (
     IPAddress,
     IPNetwork,
     SubjectAltNames,
+    covers,
 )
 from kubeca_client.parameters import parse_parameter
+from kubeca_client.text import excerpt
 
 SYSTEM_MASTERS = "system:masters"
 BACKDATE = timedelta(minutes=5)
@@ -102,16 +104,37 @@ def _etcd_sans(i: Inputs) -> SubjectAltNames:
     return SubjectAltNames.of([i.require_node_name(), "localhost"], ips) | i.extra_sans
 
 
+# The names every API server certificate carries (kubeadm), in the default domain.
+APISERVER_NAMES = (
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    f"kubernetes.default.svc.{DNS_DOMAIN.default}",
+)
+
+
 def _kubelet_serving_sans(i: Inputs) -> SubjectAltNames:
     ips: list[IPAddress] = [i.advertise_address] if i.advertise_address else []
     sans = SubjectAltNames.of([i.require_node_name()], ips) | i.extra_sans
-    # Every pod and kubelet trusts kubernetes-ca: a node's serving certificate must not
-    # also be valid for the API server's names or its service address.
+    # Every pod and kubelet trusts kubernetes-ca, and kubelet-serving carries serverAuth
+    # as the API server's certificate does: a node's serving certificate must not also be
+    # valid, as a TLS client matches names, for the API server's names or service IP.
+    # kubeadm and kubelets never ask for a wildcard here, and a wildcard could cover the
+    # API server's name in a DNS domain we do not know, so none is issued.
+    wildcards = [name for name in sans.dns if name.startswith("*")]
+    if wildcards:
+        raise InvalidArgument(
+            f"kubelet-serving never carries a wildcard DNS name ({excerpt(wildcards[0])})"
+        )
     for name in sans.dns:
-        if name == "kubernetes" or name.startswith("kubernetes."):
-            raise InvalidArgument(f"kubelet-serving may not name the API server ({name!r})")
-    if DEFAULT_SERVICE_CIDR.network_address + 1 in sans.ips:
-        raise InvalidArgument("kubelet-serving may not name the API server's service address")
+        if name.split(".", 1)[0] == "kubernetes":
+            raise InvalidArgument(f"kubelet-serving may not name the API server ({excerpt(name)})")
+    hits = covers(sans, APISERVER_NAMES, [DEFAULT_SERVICE_CIDR.network_address + 1])
+    if hits:
+        raise InvalidArgument(
+            f"kubelet-serving may not name the API server (a TLS client would take it for "
+            f"{excerpt(hits[0])})"
+        )
     return sans
 
 
@@ -143,7 +166,7 @@ class Profile:
         common_name = self.common_name.format(node_name=inputs.node_name)
         if len(common_name) > MAX_COMMON_NAME:
             raise InvalidArgument(
-                f"the common name {common_name[:40]!r}... would be {len(common_name)} "
+                f"the common name {excerpt(common_name, 40)} would be {len(common_name)} "
                 f"characters; X.509 allows {MAX_COMMON_NAME} (use a shorter node_name)"
             )
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in self.organizations]
@@ -250,7 +273,8 @@ def parse_inputs(profile: Profile, parameters: Mapping[str, str]) -> Inputs:
         if name not in declared:
             takes = ", ".join(sorted(declared)) or "no parameters"
             raise InvalidArgument(
-                f"profile {profile.name} does not take parameter {name[:64]!r} (it takes: {takes})"
+                f"profile {profile.name} does not take parameter {excerpt(name, 64)} "
+                f"(it takes: {takes})"
             )
     for parameter in profile.required:
         if not parameters.get(parameter.name, "").strip():

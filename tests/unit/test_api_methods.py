@@ -206,3 +206,27 @@ def test_each_refusal_is_recorded_once(running: Any) -> None:
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert len(world.events("certificate.revoke_refused")) == 1
     assert len(world.records()) == 1
+
+
+def test_a_huge_hostile_subject_gets_a_small_message_and_a_clipped_reason(running: Any) -> None:
+    # Issue 10, defect 7: four-byte characters, percent-encoded in grpc-message, once made
+    # a trailer larger than a client's header limit (RESOURCE_EXHAUSTED, not the refusal).
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    from kubeca_server.ledger.audit import MAX_REASON
+
+    channel, world, _, _ = running
+    hostile = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "\U0001d4c1" * 3_000)])
+    request = pb.IssueCertificateRequest(profile="admin", csr=make_csr(name=hostile, der=True))
+    error = _call(
+        channel,
+        "/kubeca.v1.CertificateAuthority/IssueCertificate",
+        request.SerializeToString(),
+        EVERYTHING.identity,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details() or ""
+    assert "does not match what this profile issues" in details
+    assert details.isascii() and len(details) <= MAX_STATUS_MESSAGE
+    [record] = world.events("certificate.refused")
+    assert len(record["reason"]) <= MAX_REASON

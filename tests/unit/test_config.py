@@ -299,3 +299,13 @@ def test_the_hsm_module_environment_comes_from_the_config(tmp_path: Path) -> Non
         ),
     )
     assert "not an environment variable name" in message
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "[::ffff:0.0.0.0]"])
+def test_every_form_of_a_wildcard_listen_address_stays_out_of_the_server_names(
+    tmp_path: Path, host: str
+) -> None:
+    # Issue 10, defect 8: ::ffff:0.0.0.0 binds everywhere as 0.0.0.0 does.
+    raw = {"listen": f"{host}:9443", "hsm": {"token_label": "t", "pin_env": "X"}}
+    config = parse_config(raw, tmp_path / "kubeca.toml")
+    assert config.tls.server_names == ("localhost", "127.0.0.1")

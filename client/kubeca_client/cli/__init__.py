@@ -7,6 +7,7 @@ taxonomy; nothing prints a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from kubeca_client.errors import KubecaError
 
 __all__ = ["CONFIG_ENV", "main", "parse_duration", "parse_params"]
 
+# What a shell reports for a program that SIGPIPE ended: 128 + 13.
+EXIT_CLOSED_PIPE = 141
 TOKEN_SHAPE = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
 
 
@@ -59,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _closed_pipe() -> int:
+    """The reader went away (``kubeca certs list | head``): stop quietly, as other tools
+    do. Python would otherwise report the failed flush of stdout once more at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments == ["terraform"]:
@@ -69,10 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(arguments)
     try:
         code: int = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is still ours to report quietly
         return code
     except KubecaError as exc:
         print(f"kubeca: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return _closed_pipe()
     except OSError as exc:
         print(f"kubeca: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from kubeca_client.names import (
     parse_endpoint_host,
     parse_ip,
     parse_san_list,
+    service_address,
 )
 from kubeca_client.pki import ControlPlane, control_plane_slots, ensure_layout, worker_slots
 from kubeca_client.renew import renew_layout
@@ -52,7 +53,7 @@ def cmd_pki_control_plane(args: argparse.Namespace) -> int:
         parse_endpoint_host(spec.control_plane_endpoint, "--control-plane-endpoint")
     if spec.service_cidr:
         for part in spec.service_cidr.split(","):
-            parse_cidr(part.strip(), "--service-cidr")
+            service_address(parse_cidr(part.strip(), "--service-cidr"), "--service-cidr")
     if spec.dns_domain:
         parse_dns_name(spec.dns_domain, "--dns-domain")
     lifetime = lifetime_seconds(args)

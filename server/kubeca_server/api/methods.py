@@ -34,7 +34,9 @@ from kubeca_server.metrics import Metrics
 log = structlog.get_logger("kubeca.api")
 
 # gRPC clients cap the headers (and so the status message) of an answer: 8 KiB is
-# common. A refusal says what is wrong in far less.
+# common, and grpc-message percent-encodes every byte outside printable ASCII (and '%'),
+# so a character may cost up to 12 bytes on the wire. The message is made printable
+# ASCII and at most this many characters: at most 3 KiB encoded, whatever the input.
 MAX_STATUS_MESSAGE = 1024
 
 Request = TypeVar("Request", bound=Message)
@@ -43,7 +45,10 @@ Response = TypeVar("Response", bound=Message)
 
 def status_message(text: str) -> str:
     """One line of printable text, short enough for any client's header limit."""
-    flat = "".join(c if c.isprintable() else " " for c in text)
+    flat = "".join(
+        c if c.isascii() and c.isprintable() else ascii(c)[1:-1] if c.isprintable() else " "
+        for c in text
+    )
     return flat if len(flat) <= MAX_STATUS_MESSAGE else flat[: MAX_STATUS_MESSAGE - 3] + "..."
 
 

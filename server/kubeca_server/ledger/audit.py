@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 from kubeca_client.errors import KubecaError
+from kubeca_client.text import clip
 
 from kubeca_server.ledger.chain import ChainRow
 from kubeca_server.ledger.mirror import Mirror
@@ -30,6 +31,9 @@ from kubeca_server.store.changes import Change
 from kubeca_server.store.roles import Store
 
 log = structlog.get_logger("kubeca.audit")
+# A refusal's reason is the message the caller saw; its echoes are bounded where they
+# are made, and this bounds the record whatever a message grows to.
+MAX_REASON = 1024
 
 SEVERITIES = ("info", "warning", "error", "critical")
 # Entries written in one unit of work at most: bounds the transaction and the wait.
@@ -145,7 +149,7 @@ class Ledger:
                         **error.context,
                         **fields,
                         "outcome": "refused",
-                        "reason": error.message,
+                        "reason": clip(error.message, MAX_REASON),
                         "status": error.status,
                     },
                     "warning",
