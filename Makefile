@@ -7,7 +7,7 @@ PY := $(BIN)/python
 # Debian packages by the command that proves each is there. kubectl may come from
 # another package (e.g. a cloud SDK), so it is only installed when no kubectl exists.
 DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client
-PROTO_SRC := proto/kubeca/v1/kubeca.proto
+PROTO_SRC := proto/kubeca/v1/kubeca.proto proto/externaljwt/v1/externaljwt.proto proto/externaljwt/v1alpha1/externaljwt.proto
 PROTO_OUT := client/kubeca_client/_proto
 
 .PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench clean

@@ -18,7 +18,7 @@ from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 from kubeca_client.keys import spki_hash
 
 from kubeca_server.app import close_ledger, open_backend, open_core, open_ledger, utc_now
-from kubeca_server.ca import lifecycle
+from kubeca_server.ca import lifecycle, signing_key
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.service_tls import ensure_server_certificate, issue_operator_credentials
 from kubeca_server.config import ServerConfig
@@ -46,6 +46,11 @@ def run_init(config: ServerConfig) -> list[str]:
         try:
             linter = Linter()
             report = lifecycle.initialize(config, backend, ledger, linter, utc_now)
+            report.append(
+                signing_key.initialize(
+                    backend, ledger, config.service_account.key_algorithm, utc_now()
+                )
+            )
             authorities = lifecycle.load(config, backend, ledger.store, linter, utc_now)
             lifecycle.publish_bundles(config, authorities)
             service_ca = authorities[SERVICE_CA]
