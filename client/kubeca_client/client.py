@@ -16,6 +16,8 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from kubeca_client._proto.externaljwt.v1 import externaljwt_pb2 as jwt_pb
+from kubeca_client._proto.externaljwt.v1 import externaljwt_pb2_grpc as jwt_grpc
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.config import DEFAULT_TIMEOUT_SECONDS, ClientConfig
@@ -46,6 +48,12 @@ class IssuedCertificate:
     @property
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.certificate_pem.encode())
+
+
+@dataclass(frozen=True)
+class ServiceAccountKey:
+    key_id: str
+    public_der: bytes  # SubjectPublicKeyInfo
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,21 @@ class Client:
             credentials=channel_credentials(ca_pem, cert, key),
             token=token,
         )
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The mutual-TLS channel itself, for ``kubeca signer-proxy`` to forward on."""
+        return self._channel
+
+    def service_account_keys(self) -> list[ServiceAccountKey]:
+        """The published service-account verification keys (ExternalJWTSigner
+        FetchKeys), current first."""
+        stub = jwt_grpc.ExternalJWTSignerStub(self._channel)
+        with self._call():
+            reply = stub.FetchKeys(
+                jwt_pb.FetchKeysRequest(), timeout=self.timeout, metadata=self._metadata
+            )
+        return [ServiceAccountKey(k.key_id, k.key) for k in reply.keys]
 
     def close(self) -> None:
         self._channel.close()
