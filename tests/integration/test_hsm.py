@@ -26,7 +26,7 @@ from kubeca_client.client import Client
 from kubeca_client.errors import Unavailable
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
 from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from tests.support import (
     SOFTHSM_MODULE,
@@ -89,8 +89,11 @@ def test_ca_keys_in_the_token_are_sensitive_never_extractable_and_sign_only(
         assert key[Attribute.DECRYPT] is False
         assert key[Attribute.DERIVE] is False
         assert key[Attribute.UNWRAP] is False
+        # The secret part: CKA_VALUE of an EC key, the private exponent of an RSA key
+        # (the service-account key is RSA by default).
+        secret = Attribute.VALUE if key.key_type == KeyType.EC else Attribute.PRIVATE_EXPONENT
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
-            _ = key[Attribute.VALUE]
+            _ = key[secret]
 
 
 def test_ca_certificates_belong_to_the_token_keys(
