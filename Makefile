@@ -10,13 +10,14 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 PROTO_SRC := proto/kubeca/v1/kubeca.proto proto/externaljwt/v1/externaljwt.proto proto/externaljwt/v1alpha1/externaljwt.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench clean
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-signer clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
 	@echo "make test   - install what is missing, lint, type-check, proto drift check, all tests"
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
+	@echo "make bench-signer - ExternalJWTSigner Sign via socket and proxy vs the HSM raw rate"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
 
 deps: deps-system deps-python
@@ -68,6 +69,9 @@ serve: deps
 
 bench: deps
 	$(PY) bench/issuance.py
+
+bench-signer: deps
+	$(PY) bench/signer.py
 
 clean:
 	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache
