@@ -375,9 +375,12 @@ def _service_account(table: _Table, resolve: Callable[[str], Path]) -> ServiceAc
     if mode == 0o660 and group is None:
         raise ConfigError(f"{table.key('socket_mode')} 0o660 needs {table.key('socket_group')}")
     socket = table.optional_string("socket")
+    issuers = table.strings("issuers", (DEFAULT_ISSUER,))
+    if not issuers:
+        raise ConfigError(f"{table.key('issuers')} must name at least one issuer")
     return ServiceAccountConfig(
         key_algorithm=algorithm,
-        issuers=frozenset(table.strings("issuers", (DEFAULT_ISSUER,))),
+        issuers=frozenset(issuers),
         max_token_expiration=timedelta(
             seconds=table.integer("max_token_expiration_seconds", 86400, 600, 2 * 366 * 86400)
         ),

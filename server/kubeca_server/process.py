@@ -40,6 +40,11 @@ def check_startup(config: ServerConfig) -> None:
     core = open_core(config)
     try:
         tls_listeners(config, core)
+        if core.service_account is None:
+            raise ConfigError(
+                "service-account: no token-signing key in the store; run "
+                f"'kubeca-server --config {config.path} init'"
+            )
     finally:
         core.close()
 
