@@ -49,9 +49,11 @@ CONTROLLER_MANAGER_NOTE = (
     "legacy Secret-token controller is then off; --use-service-account-credentials "
     "tokens come through TokenRequest, i.e. through the signer."
 )
-# kube-apiserver's flags as a stock `kubeadm init` writes them (sorted by name; index
-# 0 is the binary). Only the position of the two service-account flags matters.
-_STOCK_APISERVER_FLAGS = (
+# kube-apiserver's flags as a stock `kubeadm init` writes them: getAPIServerCommand's
+# defaults (with local etcd and authorization-mode), which ArgumentsToCommand sorts by
+# name; index 0 is the binary. apiServer.extraArgs that sort before
+# "service-account-key-file" shift the indexes, and the patch's tests then fail loudly.
+STOCK_APISERVER_FLAGS = (
     "advertise-address",
     "allow-privileged",
     "authorization-mode",
@@ -104,7 +106,7 @@ def apiserver_patch(pki_dir: Path, endpoint: Path) -> list[dict[str, Any]]:
         ("service-account-signing-key-file", "sa.key"),
         ("service-account-key-file", "sa.pub"),
     ):
-        index = 1 + _STOCK_APISERVER_FLAGS.index(flag)
+        index = 1 + STOCK_APISERVER_FLAGS.index(flag)
         path = f"{_COMMAND}/{index}"
         ops.append({"op": "test", "path": path, "value": f"--{flag}={pki_dir / file}"})
         ops.append({"op": "remove", "path": path})
