@@ -19,7 +19,8 @@ MODES = {"0600": 0o600, "0660": 0o660}
 
 def cmd_signer_proxy(args: argparse.Namespace) -> int:
     if not 0.1 <= args.deadline_seconds <= 9:
-        # kube-apiserver gives its signer calls about 10 s: answer well before.
+        # A token request waits on Sign in kube-apiserver, which gives its own first
+        # Metadata call 10 s: a forwarded call must end well before that.
         raise InvalidArgument("--deadline-seconds must be between 0.1 and 9")
     mode = MODES[args.socket_mode]
     if mode == 0o660 and not args.socket_group:
