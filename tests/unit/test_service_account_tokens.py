@@ -263,3 +263,16 @@ def test_over_tls_only_a_grant_with_service_account_signing_may_sign(
     else:
         with pytest.raises(PermissionDenied, match="service_account_signing"):
             signer.tokens.sign(encode(claims()), caller)
+
+
+def test_init_adopts_a_key_already_under_its_label_and_never_replaces_it(tmp_path: Path) -> None:
+    first = Signer(tmp_path, KeyAlgorithm.RSA_2048)
+    kid = first.tokens.keys().current.kid
+    # A fresh store over the same token (several stores sharing one test token).
+    store = MemoryStore()
+    ledger = Ledger(store, Mirror(tmp_path / "second.log"), first.clock)
+    line = signing_key.initialize(first.backend, ledger, KeyAlgorithm.RSA_2048, NOW)
+    assert "adopted" in line
+    assert KeyRing(first.backend, store, first.clock).keys().current.kid == kid
+    again = signing_key.initialize(first.backend, ledger, KeyAlgorithm.ECDSA_P256, NOW)
+    assert "nothing changed" in again and "init never replaces a key" in again

@@ -134,16 +134,18 @@ def add_generation(
     now: datetime,
     how: str,
 ) -> GenerationRow:
-    """A new key in the token (sensitive, never extractable, sign-only) and its row in
-    the store, with the audit record: generation 1 at init, later ones by rotation."""
+    """A new key in the token (sensitive, never extractable, sign-only), or the one
+    already under the generation's label, and its row in the store with the audit
+    record: generation 1 at init, later ones by rotation."""
     label = key_label(SERVICE_ACCOUNT_KEY, generation)
     key = backend.find_key(label)
-    if key is not None:
-        raise ConfigError(
-            f"{SERVICE_ACCOUNT_KEY}: the token already holds a key labelled {label!r} that "
-            "the store does not know; refusing to adopt it (remove it, or restore the store)"
-        )
-    key = backend.create_key(label, algorithm)
+    if key is None:
+        key = backend.create_key(label, algorithm)
+    else:
+        # As for a CA key without its certificate: a key under kubeca's own label was
+        # made by kubeca in this token (a store re-created, or a token shared by
+        # several stores); it is taken, never replaced.
+        how = f"{how}; the key existed in the token and was adopted"
     public = key.public_key()
     row = GenerationRow(
         SERVICE_ACCOUNT_KEY,
@@ -191,7 +193,8 @@ def initialize(backend: KeyBackend, ledger: Ledger, algorithm: KeyAlgorithm, now
                 "replaces a key: rotate it)"
             )
         return line
-    add_generation(
+    adopted = backend.find_key(key_label(SERVICE_ACCOUNT_KEY, 1)) is not None
+    row = add_generation(
         backend,
         ledger,
         algorithm,
@@ -200,11 +203,13 @@ def initialize(backend: KeyBackend, ledger: Ledger, algorithm: KeyAlgorithm, now
         now,
         f"created an {algorithm.value} token-signing key in the HSM",
     )
-    keys = load_keys(backend, _rows(ledger.store), now)
-    return (
-        f"{SERVICE_ACCOUNT_KEY}: created an {algorithm.value} token-signing key in the HSM "
-        f"(kid {keys.current.kid})"
+    keys = load_keys(backend, [row], now)
+    what = (
+        "adopted the token-signing key already in the HSM"
+        if adopted
+        else f"created an {algorithm.value} token-signing key in the HSM"
     )
+    return f"{SERVICE_ACCOUNT_KEY}: {what} (kid {keys.current.kid})"
 
 
 def load_keys(backend: KeyBackend, rows: Sequence[GenerationRow], now: datetime) -> KeySet:
