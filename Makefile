@@ -10,7 +10,7 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 PROTO_SRC := proto/kubeca/v1/kubeca.proto proto/externaljwt/v1/externaljwt.proto proto/externaljwt/v1alpha1/externaljwt.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-signer clean
+.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-signer terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
 	@echo "make bench-signer - ExternalJWTSigner Sign via socket and proxy vs the HSM raw rate"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
+	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
 
 deps: deps-system deps-python
 
@@ -37,7 +38,7 @@ deps-python: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[server,terraform,dev]'
 	touch $@
 
 proto: deps-python
@@ -72,6 +73,11 @@ bench: deps
 
 bench-signer: deps
 	$(PY) bench/signer.py
+
+# The native Terraform provider, into Terraform's implied mirror (no CLI config needed)
+# or into TF_MIRROR, printing the provider_installation block that mirror needs.
+terraform-provider: deps-python
+	$(BIN)/kubeca terraform-provider install $(if $(TF_MIRROR),--mirror $(TF_MIRROR))
 
 clean:
 	rm -rf var demo .pytest_cache .mypy_cache .ruff_cache

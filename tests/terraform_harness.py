@@ -170,8 +170,9 @@ def _go_platform() -> str:
     return f"{platform.system().lower()}_{arch.get(machine, machine)}"
 
 
-def external_provider_mirror() -> Path | None:
-    """A local directory holding hashicorp/external in Terraform's mirror layout, if any.
+def provider_mirror(*types: str) -> Path | None:
+    """A local directory holding every hashicorp/<type> in Terraform's mirror layout,
+    if any.
 
     Looks where Terraform's implied local mirrors are on Unix, in the plugin cache, and
     in /opt/tf-plugins (where this machine keeps the providers it has)."""
@@ -190,10 +191,18 @@ def external_provider_mirror() -> Path | None:
         Path("/opt/tf-plugins"),
     ]
     target = _go_platform()
+
+    def holds(root: Path, kind: str) -> bool:
+        provider = root / "registry.terraform.io" / "hashicorp" / kind
+        return any(provider.glob(f"*/{target}/terraform-provider-{kind}*")) or any(
+            provider.glob(f"terraform-provider-{kind}_*_{target}.zip")
+        )
+
     for root in roots:
-        provider = root / "registry.terraform.io" / "hashicorp" / "external"
-        if any(provider.glob(f"*/{target}/terraform-provider-external*")) or any(
-            provider.glob(f"terraform-provider-external_*_{target}.zip")
-        ):
+        if all(holds(root, kind) for kind in types):
             return root
     return None
+
+
+def external_provider_mirror() -> Path | None:
+    return provider_mirror("external")

@@ -176,8 +176,11 @@ def _utc(stamp: object) -> datetime:
 
 
 def _tls_refused(details: str) -> bool:
+    # Words of the transport, not of a status the service sent: its own UNAVAILABLE
+    # may well say "certificate" ("the HSM's keys do not match the CA certificates").
     text = details.lower()
-    return "socket closed" in text or "handshake" in text or "certificate" in text
+    transport = "socket closed" in text or "handshake" in text or "ssl" in text
+    return transport or ("certificate" in text and "failed to connect" in text)
 
 
 def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
@@ -358,24 +361,27 @@ class Client:
             r = self._stub.CreateBootstrapToken(request, timeout=self.timeout)
         return CreatedToken(r.token, r.token_id, _utc(r.expires), r.ca_cert_hash)
 
-    def bootstrap_tokens(self) -> list[BootstrapToken]:
-        with self._call():
-            r = self._stub.ListBootstrapTokens(
-                pb.ListBootstrapTokensRequest(), timeout=self.timeout
-            )
-        return [
-            BootstrapToken(
-                token_id=t.token_id,
-                profiles=tuple(t.profiles),
-                node_name=t.node_name,
-                addresses=tuple(t.addresses),
-                expires=_utc(t.expires),
-                created_by=t.created_by,
-                used_profiles=tuple(t.used_profiles),
-                revoked=t.revoked,
-            )
-            for t in r.tokens
-        ]
+    def bootstrap_tokens(self, page_size: int = 0) -> Iterator[BootstrapToken]:
+        """Every live token the caller may see, page after page, as they arrive."""
+        token = ""
+        while True:
+            request = pb.ListBootstrapTokensRequest(page_size=page_size, page_token=token)
+            with self._call():
+                r = self._stub.ListBootstrapTokens(request, timeout=self.timeout)
+            for t in r.tokens:
+                yield BootstrapToken(
+                    token_id=t.token_id,
+                    profiles=tuple(t.profiles),
+                    node_name=t.node_name,
+                    addresses=tuple(t.addresses),
+                    expires=_utc(t.expires),
+                    created_by=t.created_by,
+                    used_profiles=tuple(t.used_profiles),
+                    revoked=t.revoked,
+                )
+            token = r.next_page_token
+            if not token:
+                return
 
     def revoke_bootstrap_token(self, token_id: str) -> None:
         with self._call():
@@ -410,10 +416,10 @@ class Client:
         profile: str = "",
         expiring_within_seconds: int = 0,
         revoked_only: bool = False,
-    ) -> list[CertificateRecord]:
-        """Every certificate that matches, page after page (the service answers in
-        pages of at most a few hundred)."""
-        records: list[CertificateRecord] = []
+        page_size: int = 0,
+    ) -> Iterator[CertificateRecord]:
+        """Every certificate that matches, page after page as they arrive (the service
+        answers in pages of at most a thousand)."""
         token = ""
         while True:
             request = pb.ListCertificatesRequest(
@@ -421,12 +427,13 @@ class Client:
                 profile=profile,
                 expiring_within_seconds=expiring_within_seconds,
                 revoked_only=revoked_only,
+                page_size=page_size,
                 page_token=token,
             )
             with self._call():
                 r = self._stub.ListCertificates(request, timeout=self.timeout)
-            records.extend(
-                CertificateRecord(
+            for c in r.certificates:
+                yield CertificateRecord(
                     serial=c.serial,
                     authority=c.authority,
                     profile=c.profile,
@@ -440,8 +447,6 @@ class Client:
                     revocation_reason=c.revocation_reason,
                     fingerprint_sha256=c.fingerprint_sha256,
                 )
-                for c in r.certificates
-            )
             token = r.next_page_token
             if not token:
-                return records
+                return

@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubeca_client.errors import ConfigError
+from kubeca_client.errors import ConfigError, InvalidArgument
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 KEYS = ("address", "timeout_seconds", "ca_file", "ca_cert_hash", "cert_file", "key_file")
@@ -74,3 +74,61 @@ def load_client_config(path: Path) -> ClientConfig:
     if (config.cert_file is None) != (config.key_file is None):
         raise ConfigError(f"{path}: cert_file and key_file go together")
     return config
+
+
+def resolve_connection(
+    *,
+    address: str | None,
+    client_config: Path | None,
+    ca_file: Path | None,
+    ca_cert_hash: str | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    timeout_seconds: float,
+    address_key: str = "address",
+) -> ClientConfig:
+    """The connection as Terraform users give it (the external program's query, the
+    provider block): a client config file, or its fields one by one, not both."""
+    from kubeca_client.trust import parse_pin
+
+    if client_config is not None:
+        given = [
+            name
+            for name, value in (
+                ("ca_file", ca_file),
+                ("ca_cert_hash", ca_cert_hash),
+                ("cert_file", cert_file),
+                ("key_file", key_file),
+            )
+            if value
+        ]
+        if given:
+            # Two sources of trust must not meet silently: a pin beside a config file
+            # would otherwise be ignored.
+            raise InvalidArgument(
+                f"client_config already says how to trust and whom to present; "
+                f"remove {', '.join(given)}, or client_config"
+            )
+        loaded = load_client_config(client_config)
+        return ClientConfig(
+            address=address or loaded.address,
+            timeout_seconds=min(timeout_seconds, loaded.timeout_seconds),
+            ca_file=loaded.ca_file,
+            ca_cert_hash=loaded.ca_cert_hash,
+            cert_file=loaded.cert_file,
+            key_file=loaded.key_file,
+        )
+    if not address or ":" not in address:
+        raise InvalidArgument(f"{address_key} must be HOST:PORT (or give client_config)")
+    if bool(ca_file) == bool(ca_cert_hash):
+        raise InvalidArgument("give exactly one of ca_file and ca_cert_hash")
+    if not cert_file or not key_file:
+        raise InvalidArgument("cert_file and key_file (the operator's credentials) are required")
+    return ClientConfig(
+        address=address,
+        timeout_seconds=timeout_seconds,
+        ca_file=ca_file,
+        ca_cert_hash=parse_pin(ca_cert_hash, "ca_cert_hash") if ca_cert_hash else None,
+        cert_file=cert_file,
+        key_file=key_file,
+    )

@@ -39,6 +39,26 @@ class NodeInputs:
     dns_domain: str = ""
 
 
+def layout_root(given: Path) -> Path:
+    """The kubeconfig directory (the layout's root, with pki/ under it) for ``--dir``.
+
+    `kubeadm certs generate-csr` takes --kubeconfig-dir (/etc/kubernetes) and --cert-dir
+    (/etc/kubernetes/pki); users point --dir at either. A directory named pki without a
+    pki/ of its own is the certificate directory, and its parent is the root.
+    """
+    if given.name == "pki" and not (given / "pki").is_dir() and given.is_dir():
+        return given.parent
+    if not (given / "pki").is_dir() and any(
+        (given / f"{leaf.base}.csr").exists() for leaf in CONTROL_PLANE_LEAVES
+    ):
+        raise InvalidArgument(
+            f"--dir: {given} holds kubeadm's certificate CSRs but is not named pki; "
+            "kubeadm reads certificates from <dir>/pki, so generate them with "
+            "--cert-dir <dir>/pki and pass <dir> (or <dir>/pki) here"
+        )
+    return given
+
+
 def _csr_sans(csr: x509.CertificateSigningRequest) -> list[str]:
     try:
         sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import IO
 
 from kubeca_client.client import Client
-from kubeca_client.config import ClientConfig, load_client_config
+from kubeca_client.config import ClientConfig, resolve_connection
 from kubeca_client.errors import InvalidArgument, KubecaError
-from kubeca_client.trust import parse_pin
 
 MAX_INPUT_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -103,40 +102,18 @@ def _timeout(query: Mapping[str, str]) -> float:
 
 
 def _config(query: Mapping[str, str], timeout: float) -> ClientConfig:
-    if query.get("client_config"):
-        given = [k for k in ("ca_file", "ca_cert_hash", "cert_file", "key_file") if query.get(k)]
-        if given:
-            # Two sources of trust must not meet silently: a pin beside a config file
-            # would otherwise be ignored.
-            raise InvalidArgument(
-                f"client_config already says how to trust and whom to present; "
-                f"remove {', '.join(given)} from the query, or client_config"
-            )
-        loaded = load_client_config(Path(query["client_config"]))
-        return ClientConfig(
-            address=query.get("server") or loaded.address,
-            timeout_seconds=min(timeout, loaded.timeout_seconds),
-            ca_file=loaded.ca_file,
-            ca_cert_hash=loaded.ca_cert_hash,
-            cert_file=loaded.cert_file,
-            key_file=loaded.key_file,
-        )
-    server = query.get("server", "")
-    if ":" not in server:
-        raise InvalidArgument("server must be HOST:PORT (or give client_config)")
-    ca_file, pin = query.get("ca_file"), query.get("ca_cert_hash")
-    if bool(ca_file) == bool(pin):
-        raise InvalidArgument("give exactly one of ca_file and ca_cert_hash")
-    cert_file, key_file = query.get("cert_file"), query.get("key_file")
-    if not cert_file or not key_file:
-        raise InvalidArgument("cert_file and key_file (the operator's credentials) are required")
-    return ClientConfig(
-        address=server,
+    def path(key: str) -> Path | None:
+        return Path(query[key]) if query.get(key) else None
+
+    return resolve_connection(
+        address=query.get("server"),
+        client_config=path("client_config"),
+        ca_file=path("ca_file"),
+        ca_cert_hash=query.get("ca_cert_hash") or None,
+        cert_file=path("cert_file"),
+        key_file=path("key_file"),
         timeout_seconds=timeout,
-        ca_file=Path(ca_file) if ca_file else None,
-        ca_cert_hash=parse_pin(pin, "ca_cert_hash") if pin else None,
-        cert_file=Path(cert_file),
-        key_file=Path(key_file),
+        address_key="server",
     )
 
 

@@ -23,11 +23,13 @@ from kubeca_server.api.signer_service import SERVICE_NAMES as SIGNER_SERVICE_NAM
 from kubeca_server.api.signer_service import signer_services
 from kubeca_server.ca import lifecycle
 from kubeca_server.ca.crl import CRLPublisher
+from kubeca_server.ca.keycheck import KeyGuard
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.service_tls import load_server_credentials
 from kubeca_server.ca.signing_key import KeyRing
 from kubeca_server.config import ServerConfig
+from kubeca_server.issuance.credentials import RevokedCredentials
 from kubeca_server.issuance.inventory import Inventory
 from kubeca_server.issuance.jwt_policy import ClaimsPolicy
 from kubeca_server.issuance.jwt_signer import TokenSigner
@@ -83,13 +85,17 @@ class Core:
     tokens: TokenAdmin
     crls: CRLPublisher
     clock: Clock
+    keys: KeyGuard
+    credentials: RevokedCredentials
     # None until init has made the service-account key (unit tests of the CA side).
     service_account: TokenSigner | None = None
 
     def probe(self) -> None:
-        """Raise Unavailable unless the HSM and the store both answer now."""
+        """Raise Unavailable unless the HSM and the store both answer now, and the HSM's
+        keys are the CAs' (checked again after every reconnect)."""
         self.backend.probe()
         self.ledger.store.probe()
+        self.keys.ensure()
 
     def close(self) -> None:
         self.backend.close()
@@ -103,7 +109,11 @@ def build_core(
     linter: Linter | None = None,
     clock: Clock = utc_now,
 ) -> Core:
-    registry = CARegistry(lifecycle.load(config, backend, ledger.store, linter or Linter(), clock))
+    keys = KeyGuard(backend)
+    registry = CARegistry(
+        lifecycle.load(config, backend, ledger.store, linter or Linter(), clock, keys.ensure)
+    )
+    keys.watch(registry.generations)
     gatekeeper = Gatekeeper(config.grants, ledger.store, clock)
     crls = CRLPublisher(registry, ledger, config.crl_dir, clock=clock)
     return Core(
@@ -124,6 +134,8 @@ def build_core(
         tokens=TokenAdmin(gatekeeper, ledger, clock),
         crls=crls,
         clock=clock,
+        keys=keys,
+        credentials=RevokedCredentials(ledger.store),
     )
 
 
@@ -207,7 +219,7 @@ def start_worker(config: ServerConfig, reuse_port: bool, serve_socket: bool = Tr
         health = HealthMonitor(
             core.probe, (SERVICE_NAME, *SIGNER_SERVICE_NAMES), on_change=metrics.hsm_up
         )
-        env = Environment(core.ledger, metrics, health)
+        env = Environment(core.ledger, metrics, health, core.credentials)
         handlers = CAHandlers(
             core.pipeline, core.registry, core.inventory, core.tokens, core.crls, metrics
         )

@@ -39,8 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     issue = actions.add_parser(
         "issue", help="a client certificate and key for an operator identity (its CN)"
     )
-    issue.add_argument("--name", required=True, help="the identity, as named in [grants]")
-    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
+    issue.add_argument("--name", help="the identity, as named in [grants]")
+    issue.add_argument("--out", type=Path, help="directory for the files")
+    issue.add_argument(
+        "--renew",
+        type=Path,
+        metavar="DIR",
+        help="renew the credential in DIR (its client.crt names the identity): new files "
+        "in DIR unless --out says otherwise; the old certificate stays valid until it "
+        "expires or is revoked",
+    )
     issue.add_argument("--lifetime-days", type=int, default=365)
 
     audit = commands.add_parser("audit", help="the tamper-evident audit chain")
@@ -110,14 +118,22 @@ def _audit(config: ServerConfig, args: argparse.Namespace) -> int:
 
 
 def _credentials(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.verbs import issue_credentials
+    from kubeca_server.verbs import credential_name, current_credential, issue_credentials
 
     if not 1 <= args.lifetime_days <= 3650:
         raise InvalidArgument("--lifetime-days must be 1 to 3650")
-    out = issue_credentials(config, args.name, args.out, timedelta(days=args.lifetime_days))
-    print(f"wrote {out}/client.crt, client.key (0600) and ca.crt for {args.name!r}")
-    if args.name not in config.grants:
-        print(f"note: [grants.{args.name}] is not in {config.path}: it may obtain nothing")
+    renews = current_credential(args.renew) if args.renew else None
+    name = credential_name(renews) if renews is not None else args.name
+    if renews is not None and args.name and args.name != name:
+        raise InvalidArgument(f"--name {args.name[:64]!r} is not the renewed identity {name!r}")
+    out = args.out or args.renew
+    if not name or out is None:
+        raise InvalidArgument("give --name and --out, or --renew DIR")
+    out = issue_credentials(config, name, out, timedelta(days=args.lifetime_days), renews)
+    verb = "renewed" if renews is not None else "wrote"
+    print(f"{verb} {out}/client.crt, client.key (0600) and ca.crt for {name!r}")
+    if name not in config.grants:
+        print(f"note: [grants.{name}] is not in {config.path}: it may obtain nothing")
     print("client config:")
     print(f'  address = "{config.listen}"')
     print(f'  ca_file = "{out.resolve()}/ca.crt"')

@@ -23,18 +23,13 @@ from kubeca_client.names import (
     IPAddress,
     IPNetwork,
     SubjectAltNames,
-    parse_cidr,
-    parse_dns_name,
-    parse_endpoint_host,
-    parse_ip,
-    parse_san_list,
 )
+from kubeca_client.parameters import parse_parameter
 
 SYSTEM_MASTERS = "system:masters"
 BACKDATE = timedelta(minutes=5)
 # The CSR API's floor; anything shorter cannot be renewed before it expires.
 MIN_LIFETIME = timedelta(minutes=10)
-MAX_PARAMETER_LENGTH = 4096
 MAX_COMMON_NAME = 64  # RFC 5280's ub-common-name
 
 LeafPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -248,28 +243,6 @@ PROFILES: Mapping[str, Profile] = {
 }
 
 
-def _parse_parameter(name: str, value: str) -> object:
-    what = f"parameter {name}"
-    if name == "node_name":
-        return parse_dns_name(value, what)
-    if name == "advertise_address":
-        return parse_ip(value, what)
-    if name == "control_plane_endpoint":
-        return parse_endpoint_host(value, what)
-    if name == "service_cidr":
-        # kubeadm takes a dual-stack pair and the apiserver's address from the first.
-        parts = value.split(",")
-        if len(parts) > 2:
-            raise InvalidArgument(f"{what}: at most two networks (one per IP family)")
-        networks = [parse_cidr(part.strip(), what) for part in parts]
-        return networks[0]
-    if name == "dns_domain":
-        return parse_dns_name(value, what)
-    if name == "extra_sans":
-        return parse_san_list(value, what)
-    raise AssertionError(f"no parser for declared parameter {name}")
-
-
 def parse_inputs(profile: Profile, parameters: Mapping[str, str]) -> Inputs:
     """Validate ``parameters`` against what ``profile`` declares."""
     declared = {p.name for p in profile.parameters}
@@ -286,12 +259,10 @@ def parse_inputs(profile: Profile, parameters: Mapping[str, str]) -> Inputs:
             )
     values: dict[str, object] = {}
     for name, value in parameters.items():
-        if len(value) > MAX_PARAMETER_LENGTH:
-            raise InvalidArgument(
-                f"parameter {name} is longer than {MAX_PARAMETER_LENGTH} characters"
-            )
-        if value.strip():
-            values[name] = _parse_parameter(name, value.strip())
+        # Every declared parameter has a parser there (tests/unit/test_profiles.py).
+        parsed = parse_parameter(name, value)
+        if parsed is not None:
+            values[name] = parsed
     return Inputs(**values)  # type: ignore[arg-type]  # names checked against the profile
 
 

@@ -34,6 +34,7 @@ from kubeca_server.store import (
     InventoryQuery,
     Provenance,
     Store,
+    TokenCursor,
     TokenRecord,
 )
 from kubeca_server.store.changes import AddCertificate, RevokeCertificate
@@ -297,6 +298,26 @@ def test_a_released_or_stale_claim_can_be_taken_again(store: Store) -> None:
 # --- bootstrap tokens -------------------------------------------------------------------
 
 
+def test_pages_of_live_tokens_go_latest_expiry_first_and_resume_after_their_cursor(
+    store: Store,
+) -> None:
+    with store.unit() as unit:
+        for n in range(25):
+            unit.tokens.add(token(f"t{n:05d}", expires_at=T0 + timedelta(minutes=n % 7 + 1)))
+        unit.tokens.add(token("gone00", expires_at=T0 - timedelta(seconds=1)))
+    expected = sorted(
+        ((T0 + timedelta(minutes=n % 7 + 1), f"t{n:05d}") for n in range(25)), reverse=True
+    )
+    seen: list[tuple[datetime, str]] = []
+    cursor = None
+    with store.unit(read_only=True) as unit:
+        while page := unit.tokens.page(T0, cursor, 4):
+            assert len(page) <= 4
+            seen.extend((t.expires_at, t.token_id) for t in page)
+            cursor = TokenCursor(page[-1].expires_at, page[-1].token_id)
+    assert seen == expected, "every live token once, in order; the expired one never"
+
+
 def test_a_token_is_found_listed_and_revoked_once(store: Store) -> None:
     with store.unit() as unit:
         unit.tokens.add(token("aaaaaa", created_at=T0))
@@ -306,8 +327,8 @@ def test_a_token_is_found_listed_and_revoked_once(store: Store) -> None:
         found = unit.tokens.find("aaaaaa")
         assert found is not None and found.profiles == ("kubelet-client", "kubelet-serving")
         assert found.max_lifetime == timedelta(days=30)
-        # Not expired, newest first.
-        assert [t.token_id for t in unit.tokens.list(T0)] == ["bbbbbb", "aaaaaa"]
+        # Not expired, the latest to expire first (then by id).
+        assert [t.token_id for t in unit.tokens.page(T0, None, 10)] == ["bbbbbb", "aaaaaa"]
         assert unit.tokens.revoke("aaaaaa", T0)
         assert not unit.tokens.revoke("aaaaaa", T0)
         assert not unit.tokens.revoke("nobody", T0)

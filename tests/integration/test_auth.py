@@ -663,6 +663,63 @@ def test_cli_token_create_prints_token_and_hash(
     assert cli_token["ca_cert_hash"] == _service_ca_hash(deployment)
 
 
+def test_cli_token_create_json_carries_a_join_command_that_works(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    config = _tokens_client_config(deployment, tmp_path / "client.toml")
+    done = _kubeca(
+        "--config",
+        str(config),
+        "token",
+        "create",
+        "--profiles",
+        "kubelet-client,kubelet-serving",
+        "--node-name",
+        "worker-3",
+        "--address",
+        "10.0.0.23",
+        "--bootstrap-server",
+        deployment.server.bootstrap_address,
+        "--control-plane-endpoint",
+        "127.0.0.1:6443",
+        "-o",
+        "json",
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    join = created["join_command"]
+    prefix = f"KUBECA_BOOTSTRAP_TOKEN={created['token']} kubeca pki worker "
+    assert join.startswith(prefix), join
+    assert f"--ca-cert-hash {created['ca_cert_hash']}" in join
+    # The token travels in the environment, never as an argument.
+    assert created["token"] not in join.removeprefix(prefix)
+    target = tmp_path / "etc-kubernetes"
+    target.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBECA_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # As a user pastes it, with the directory pointed somewhere writable (the last
+    # --dir wins).
+    ran = subprocess.run(
+        ["bash", "-c", f"{join} --dir {target}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    serving = x509.load_pem_x509_certificate((target / "pki" / "kubelet.crt").read_bytes())
+    assert serving.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "system:node:worker-3"
+    )
+
+
+def test_cli_token_create_json_without_the_addresses_has_no_join_command(
+    cli_token: dict[str, object],
+) -> None:
+    assert cli_token["join_command"] is None
+
+
 def test_cli_wrong_ca_hash_is_refused_and_writes_nothing(
     deployment: Deployment, cli_token: dict[str, str], tmp_path: Path
 ) -> None:
@@ -766,7 +823,7 @@ def test_refused_token_creation_is_audited(deployment: Deployment) -> None:
 def test_refused_token_listing_is_audited(deployment: Deployment) -> None:
     before = len(deployment.refusals_by("wildcard"))
     with deployment.as_identity("wildcard") as client, pytest.raises(PermissionDenied):
-        client.bootstrap_tokens()
+        list(client.bootstrap_tokens())
     assert len(deployment.refusals_by("wildcard")) == before + 1
 
 

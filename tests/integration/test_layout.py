@@ -1249,6 +1249,36 @@ def test_sign_csrs_leaves_every_key_byte_identical(signed: SignedCSRs) -> None:
     assert sorted(_report(signed.stdout, "issued")) == _report_names([*LEAVES, *KUBECONFIGS])
 
 
+def test_sign_csrs_accepts_the_pki_directory_itself(
+    granting_deployment: Deployment, tmp_path: Path
+) -> None:
+    # `kubeadm certs generate-csr --cert-dir /etc/kubernetes/pki` users pass that.
+    root = tmp_path / "kubernetes"
+    _write_generate_csr_output(root)
+    stdout = _ok(_kubeca("sign-csrs", "--dir", root / "pki", config=granting_deployment.config))
+    for base in LEAVES:
+        cert = _cert(root / "pki" / f"{base}.crt")
+        csr = x509.load_pem_x509_csr((root / "pki" / f"{base}.csr").read_bytes())
+        assert _spki(cert) == _spki(csr), base
+    for name in KUBECONFIGS:
+        assert _kubeconfig_data(root / name, "client-certificate-data"), name
+    assert not (root / "pki" / "pki").exists()
+    assert sorted(_report(stdout, "issued")) == _report_names([*LEAVES, *KUBECONFIGS])
+
+
+def test_sign_csrs_refuses_a_cert_dir_not_named_pki(
+    default_deployment: Deployment, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (certs / "apiserver.key").write_bytes(_pem_key(key))
+    (certs / "apiserver.csr").write_bytes(_kubeadm_csr(LEAF_CSRS["apiserver"], key))
+    result = _kubeca("sign-csrs", "--dir", certs, config=default_deployment.config)
+    _assert_one_line_error(result, 2, str(certs), "named pki")
+    assert sorted(p.name for p in certs.iterdir()) == ["apiserver.csr", "apiserver.key"]
+
+
 def test_sign_csrs_refuses_a_csr_not_made_from_the_key_beside_it(
     default_deployment: Deployment, tmp_path: Path
 ) -> None:

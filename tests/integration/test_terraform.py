@@ -28,6 +28,7 @@ from tests.terraform_harness import (
     assert_failed,
     external_provider_mirror,
     go_marshal_query,
+    provider_mirror,
     read,
     run_program,
     terraform_env,
@@ -536,3 +537,72 @@ def test_terraform_reads_the_data_source_and_plans_no_change(
     assert plan.returncode == 0, f"a second plan shows a change:\n{plan.stdout}\n{plan.stderr}"
     state = (tmp_path / "terraform.tfstate").read_text()
     assert "PRIVATE KEY" not in state
+
+
+DEPLOY_MODULE = Path(__file__).resolve().parents[2] / "deploy" / "terraform" / "main.tf"
+DEPLOY_PROVIDERS = ("external", "tls", "local")
+
+
+def test_the_deploy_example_module_applies_and_plans_no_change(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """deploy/terraform/main.tf as shipped: seven control-plane certificates through
+    `kubeca terraform`, run by hashicorp/external under the real terraform binary."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not installed on this machine")
+    mirror = provider_mirror(*DEPLOY_PROVIDERS)
+    if mirror is None:
+        pytest.skip(
+            "deploy/terraform needs hashicorp/external, tls and local, and no local plugin "
+            "mirror holds all three (registry.terraform.io is not reachable here); "
+            "test_terraform_provider.py runs deploy/terraform/provider instead"
+        )
+    shutil.copy(DEPLOY_MODULE, tmp_path / "main.tf")
+    cli_config = tmp_path / "terraformrc"
+    cli_config.write_text(
+        "provider_installation {\n"
+        f'  filesystem_mirror {{\n    path = "{mirror}"\n'
+        '    include = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
+    )
+    env = terraform_env(
+        {
+            "HOME": str(tmp_path),
+            "TF_CLI_CONFIG_FILE": str(cli_config),
+            "TF_DATA_DIR": str(tmp_path / ".terraform"),
+            "TF_IN_AUTOMATION": "1",
+            "CHECKPOINT_DISABLE": "1",
+            "TF_VAR_kubeca_server": server.address,
+            "TF_VAR_kubeca_ca_file": str(server.service_ca),
+            "TF_VAR_kubeca_cert_file": str(server.credentials_dir / "client.crt"),
+            "TF_VAR_kubeca_key_file": str(server.credentials_dir / "client.key"),
+            "TF_VAR_node_name": "cp-1",
+            "TF_VAR_advertise_address": "10.0.0.10",
+        }
+    )
+    env.pop("TF_PLUGIN_CACHE_DIR", None)
+
+    def terraform_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [terraform, *args, "-no-color"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    for step in (("init", "-input=false"), ("apply", "-auto-approve", "-input=false")):
+        done = terraform_run(*step)
+        assert done.returncode == 0, f"terraform {step[0]}:\n{done.stdout}\n{done.stderr}"
+    outputs = json.loads(terraform_run("output", "-json").stdout)
+    certificates = outputs["certificates"]["value"]
+    assert len(certificates) == 7
+    for name, result in certificates.items():
+        certificate = x509.load_pem_x509_certificate(result["certificate_pem"].encode())
+        ca = x509.load_pem_x509_certificate(result["ca_pem"].encode())
+        certificate.verify_directly_issued_by(ca)
+        assert result["serial"] == format(certificate.serial_number, "x"), name
+    plan = terraform_run("plan", "-detailed-exitcode", "-input=false")
+    assert plan.returncode == 0, f"a second plan shows a change:\n{plan.stdout}\n{plan.stderr}"

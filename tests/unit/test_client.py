@@ -52,3 +52,34 @@ def test_listing_certificates_follows_every_page(client: Client, count: int) -> 
     assert len(service.requests) == max(1, -(-count // service.size))
     assert all(r.authority == "etcd-ca" and r.revoked_only for r in service.requests)
     assert service.requests[0].page_token == ""
+
+
+class PagedTokens:
+    """ListBootstrapTokens as the service answers it: ``size`` tokens a page."""
+
+    def __init__(self, ids: list[str], size: int) -> None:
+        self.ids = ids
+        self.size = size
+        self.requests: list[pb.ListBootstrapTokensRequest] = []
+
+    def ListBootstrapTokens(
+        self, request: pb.ListBootstrapTokensRequest, timeout: float
+    ) -> pb.ListBootstrapTokensResponse:
+        self.requests.append(request)
+        start = int(request.page_token or 0)
+        more = start + self.size < len(self.ids)
+        return pb.ListBootstrapTokensResponse(
+            tokens=[pb.BootstrapToken(token_id=t) for t in self.ids[start : start + self.size]],
+            next_page_token=str(start + self.size) if more else "",
+        )
+
+
+@pytest.mark.parametrize("count", [0, 4, 250])
+def test_listing_tokens_follows_every_page(client: Client, count: int) -> None:
+    ids = [f"t{n:05d}" for n in range(count)]
+    service = PagedTokens(ids, 100)
+    stub: Any = service
+    client._stub = stub
+    assert [t.token_id for t in client.bootstrap_tokens()] == ids
+    assert len(service.requests) == max(1, -(-count // service.size))
+    assert service.requests[0].page_token == ""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kubeca_client.cli import CONFIG_ENV, main, parse_duration, parse_params
+from kubeca_client.cli import CONFIG_ENV, _parser, main, parse_duration, parse_params
 from kubeca_client.errors import InvalidArgument
 
 
@@ -131,3 +134,34 @@ def test_issue_without_a_client_config_is_a_config_error_and_writes_nothing(
     assert main(argv) == 78
     assert CONFIG_ENV in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _commands(parser: argparse.ArgumentParser, path: str = "kubeca") -> Iterator[tuple[str, Any]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_option_of_every_command_says_what_it_means() -> None:
+    silent = [
+        f"{path}: {action.option_strings or action.dest}"
+        for path, action in _commands(_parser())
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert silent == []
+
+
+def test_every_command_has_a_one_line_summary() -> None:
+    def walk(parser: argparse.ArgumentParser, path: str) -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest for choice in action._choices_actions if choice.help}
+                for name, sub in action.choices.items():
+                    if name not in helped:
+                        yield f"{path} {name}"
+                    yield from walk(sub, f"{path} {name}")
+
+    assert list(walk(_parser(), "kubeca")) == []

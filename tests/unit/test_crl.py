@@ -8,7 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 from kubeca_client.errors import InvalidArgument, NotFound
-from kubeca_server.ca.crl import DEFAULT_VALIDITY, parse_reason
+from kubeca_client.revocation import REASONS as ACCEPTED
+from kubeca_client.revocation import parse_reason
+from kubeca_server.ca.crl import DEFAULT_VALIDITY
+from kubeca_server.ca.crl import REASONS as CODES
 
 from tests.unit.conftest import CALLER, Clock, World, WorldFactory, issue
 
@@ -114,11 +117,11 @@ def test_a_crl_file_that_is_not_a_crl_is_replaced(world: World) -> None:
     assert number_of(publisher.path("etcd-ca").read_bytes()) == 2
 
 
-def test_refresh_publishes_every_cluster_cas_crl_and_not_the_services(world: World) -> None:
+def test_refresh_publishes_every_cas_crl_the_services_too(world: World) -> None:
+    # The service CA's CRL lists revoked operator credentials (issue 10, defect 4).
     world.core.crls.refresh_all()
-    for name in ("kubernetes-ca", "etcd-ca", "front-proxy-ca"):
+    for name in ("kubernetes-ca", "etcd-ca", "front-proxy-ca", "kubeca-service-ca"):
         assert number_of(world.core.crls.path(name).read_bytes()) == 1
-    assert not world.core.crls.path("kubeca-service-ca").exists()
 
 
 def test_an_unknown_ca_has_no_crl(world: World) -> None:
@@ -133,6 +136,14 @@ def test_an_unknown_ca_has_no_crl(world: World) -> None:
         ("Key-Compromise", "key_compromise"),
         (" superseded ", "superseded"),
         ("cessation_of_operation", "cessation_of_operation"),
+        # RFC 5280 and openssl's camel case, in any letter case.
+        ("keyCompromise", "key_compromise"),
+        ("cACompromise", "ca_compromise"),
+        ("CACOMPROMISE", "ca_compromise"),
+        ("affiliationChanged", "affiliation_changed"),
+        ("cessationOfOperation", "cessation_of_operation"),
+        ("certificateHold", "certificate_hold"),
+        ("privilegewithdrawn", "privilege_withdrawn"),
     ],
 )
 def test_revocation_reasons_are_parsed_leniently(text: str, reason: str) -> None:
@@ -142,3 +153,9 @@ def test_revocation_reasons_are_parsed_leniently(text: str, reason: str) -> None
 def test_an_unknown_revocation_reason_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(InvalidArgument, match=r"unknown revocation reason 'because'.*superseded"):
         parse_reason("because")
+
+
+def test_every_accepted_reason_has_its_own_crl_reason_code() -> None:
+    assert set(CODES) == set(ACCEPTED)
+    assert len(set(CODES.values())) == len(CODES)
+    assert CODES["ca_compromise"] is x509.ReasonFlags.ca_compromise

@@ -268,3 +268,18 @@ def test_a_missing_or_foreign_mirror_line_is_a_problem(
         "mirror line 3 is no record of the chain",
         "mirror line 4 is no record of the chain",
     ]
+
+
+def test_half_a_last_line_is_a_crash_to_note_not_an_edit(
+    ledger: Ledger, store: MemoryStore
+) -> None:
+    for n in range(3):
+        ledger.commit(Entry("thing.happened", {"n": n}))
+    text = ledger._mirror.path.read_text()
+    ledger._mirror.path.write_text(text[: text.rindex("\n", 0, -1) + 12])
+    result = problems_of(ledger._mirror.path, store)
+    assert result.problems == []
+    assert any("half a line" in note for note in result.notes)
+    assert any("lags 1 records behind" in note for note in result.notes)
+    ledger.sync_mirror()
+    assert problems_of(ledger._mirror.path, store).notes == []

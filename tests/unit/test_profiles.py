@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubeca_client.authorities import COMMON_NAMES
 from kubeca_client.errors import InvalidArgument
+from kubeca_client.parameters import PARSERS
 from kubeca_server.profiles import (
     PROFILES,
     Inputs,
@@ -155,3 +156,8 @@ def test_ca_common_names_are_kubeadms() -> None:
         "front-proxy-ca": "front-proxy-ca",
         "kubeca-service-ca": "kubeca-service-ca",
     }
+
+
+def test_every_declared_parameter_has_a_parser_shared_with_the_client() -> None:
+    declared = {p.name for profile in PROFILES.values() for p in profile.parameters}
+    assert declared == set(PARSERS)

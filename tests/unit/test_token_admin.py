@@ -269,3 +269,44 @@ def test_the_clock_of_a_revocation_is_the_services(make_world: WorldFactory) -> 
     _, record = world.core.tokens.create(OPERATOR, request())
     world.core.tokens.revoke(OPERATOR, record.token_id)
     assert world.records()[-1]["time"] == moment.isoformat()
+
+
+# --- paging (issue 10, defect 3) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("sqlite", [False, True])
+def test_token_pages_follow_one_another_to_every_live_token(
+    make_world: WorldFactory, sqlite: bool
+) -> None:
+    world = world_of(make_world, sqlite=sqlite)
+    made = {world.core.tokens.create(OPERATOR, request())[1].token_id for _ in range(7)}
+    seen: list[str] = []
+    pages = 0
+    token = ""
+    while True:
+        page = world.core.tokens.page(OPERATOR, token, 3)
+        pages += 1
+        assert len(page.tokens) <= 3
+        seen.extend(t.token_id for t in page.tokens)
+        if not (token := page.next_token):
+            break
+    assert pages == 3
+    assert sorted(seen) == sorted(made) and len(seen) == len(made)
+
+
+@pytest.mark.parametrize(
+    "page_token", ["garbage!", "W10", "WzEsMiwzXQ", "WyJ4IiwgInkiXQ", "x" * 600, "WzFlOTk5LCAiYSJd"]
+)
+def test_a_token_page_token_not_handed_out_is_an_invalid_argument(
+    admin_world: World, page_token: str
+) -> None:
+    with pytest.raises(InvalidArgument, match="page_token"):
+        admin_world.core.tokens.page(OPERATOR, page_token, 0)
+
+
+@pytest.mark.parametrize("size", [-1, 1001])
+def test_a_token_page_size_out_of_range_is_an_invalid_argument(
+    admin_world: World, size: int
+) -> None:
+    with pytest.raises(InvalidArgument, match="page_size"):
+        admin_world.core.tokens.page(OPERATOR, "", size)

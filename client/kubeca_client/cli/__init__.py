@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from kubeca_client.cli import issue, layout, ledger, signer, tokens
+from kubeca_client.cli import issue, layout, ledger, signer, terraform_provider, tokens
 from kubeca_client.cli.common import CONFIG_ENV, parse_duration, parse_params
 from kubeca_client.errors import KubecaError
 
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Terraform external data source program: JSON query on stdin, JSON on stdout",
     )
     terraform_command.set_defaults(run=_terraform)
+    terraform_provider.add_commands(commands)
     return parser
 
 

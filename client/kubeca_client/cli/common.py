@@ -120,7 +120,13 @@ def print_report(report: Report, root: Path) -> None:
 
 
 def add_layout_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, required=True, help="e.g. /etc/kubernetes")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        required=True,
+        help="the kubeconfig directory kubeadm uses (e.g. /etc/kubernetes); "
+        "certificates and keys go under its pki/",
+    )
     parser.add_argument(
         "--key-algorithm",
         default=KeyAlgorithm.ECDSA_P256.value,

@@ -124,14 +124,14 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any) -> None:
     issue = commands.add_parser("issue", help="issue one certificate under a profile")
-    issue.add_argument("--profile", required=True)
+    issue.add_argument("--profile", required=True, help="what to issue; see 'kubeca profiles'")
     issue.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="profile parameter"
     )
     source = issue.add_mutually_exclusive_group(required=True)
     source.add_argument("--key-out", type=Path, help="generate a key here (0600) and use it")
     source.add_argument("--csr", type=Path, help="use this CSR (PEM or DER) instead")
-    issue.add_argument("--cert-out", type=Path, required=True)
+    issue.add_argument("--cert-out", type=Path, required=True, help="write the certificate here")
     issue.add_argument("--ca-out", type=Path, help="also write the issuing CA's certificate")
     issue.add_argument(
         "--key-algorithm",
@@ -150,5 +150,7 @@ def add_commands(commands: Any) -> None:
     ca.set_defaults(run=cmd_ca)
 
     profiles = commands.add_parser("profiles", help="list the profiles the service issues")
-    profiles.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    profiles.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help="default: table"
+    )
     profiles.set_defaults(run=cmd_profiles)

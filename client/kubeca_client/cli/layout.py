@@ -20,7 +20,7 @@ from kubeca_client.cli.common import (
 )
 from kubeca_client.errors import InvalidArgument
 from kubeca_client.expiry import render_json, render_text, scan
-from kubeca_client.kubeadm_csrs import NodeInputs, sign_kubeadm_csrs
+from kubeca_client.kubeadm_csrs import NodeInputs, layout_root, sign_kubeadm_csrs
 from kubeca_client.names import (
     parse_cidr,
     parse_dns_name,
@@ -127,9 +127,10 @@ def cmd_sign_csrs(args: argparse.Namespace) -> int:
         service_cidr=args.service_cidr or "",
         dns_domain=args.dns_domain or "",
     )
+    root = layout_root(args.dir)
     with connect(args) as client:
-        report = sign_kubeadm_csrs(client, args.dir, given)
-    print_report(report, args.dir)
+        report = sign_kubeadm_csrs(client, root, given)
+    print_report(report, root)
     return 0
 
 
@@ -159,13 +160,27 @@ def add_commands(commands: Any) -> None:
     control = kinds.add_parser(
         "control-plane", help="CAs, every leaf, sa.pub and the signer patch, kubeconfigs"
     )
-    control.add_argument("--node-name", required=True)
-    control.add_argument("--advertise-address", required=True)
+    control.add_argument("--node-name", required=True, help="this node's name (its DNS name)")
+    control.add_argument(
+        "--advertise-address", required=True, help="the IP the API server advertises"
+    )
     control.add_argument("--control-plane-endpoint", help="HOST[:PORT] (default: advertise)")
     control.add_argument("--service-cidr", help="default 10.96.0.0/12")
     control.add_argument("--dns-domain", help="default cluster.local")
-    control.add_argument("--apiserver-cert-sans", action="append", default=[], metavar="SANS")
-    control.add_argument("--etcd-sans", action="append", default=[], metavar="SANS")
+    control.add_argument(
+        "--apiserver-cert-sans",
+        action="append",
+        default=[],
+        metavar="SANS",
+        help="extra DNS names or IPs for the API server certificate, comma-separated",
+    )
+    control.add_argument(
+        "--etcd-sans",
+        action="append",
+        default=[],
+        metavar="SANS",
+        help="extra DNS names or IPs for etcd's server and peer certificates",
+    )
     control.add_argument(
         "--signing-endpoint",
         default=str(DEFAULT_ENDPOINT),
@@ -181,7 +196,7 @@ def add_commands(commands: Any) -> None:
     control.set_defaults(run=cmd_pki_control_plane)
 
     worker = kinds.add_parser("worker", help="the kubelet's kubeconfig and serving certificate")
-    worker.add_argument("--node-name", required=True)
+    worker.add_argument("--node-name", required=True, help="this node's name (its DNS name)")
     worker.add_argument("--address", required=True, help="the node's IP address")
     worker.add_argument("--control-plane-endpoint", required=True, help="HOST[:PORT]")
     worker.add_argument("--token-file", type=Path, help=f"bootstrap token (or ${TOKEN_ENV})")
@@ -191,20 +206,32 @@ def add_commands(commands: Any) -> None:
     worker.set_defaults(run=cmd_pki_worker)
 
     sign = commands.add_parser("sign-csrs", help="sign what 'kubeadm certs generate-csr' wrote")
-    sign.add_argument("--dir", type=Path, required=True)
+    sign.add_argument(
+        "--dir",
+        type=Path,
+        required=True,
+        help="where 'kubeadm certs generate-csr' wrote: its --kubeconfig-dir (e.g. "
+        "/etc/kubernetes, with pki/ under it) or its --cert-dir (a directory named pki)",
+    )
     sign.add_argument("--node-name", help="default: from the etcd or kubelet CSR")
     sign.add_argument("--advertise-address", help="default: from the etcd server CSR")
-    sign.add_argument("--service-cidr")
-    sign.add_argument("--dns-domain")
+    sign.add_argument("--service-cidr", help="default 10.96.0.0/12")
+    sign.add_argument("--dns-domain", help="default cluster.local")
     sign.set_defaults(run=cmd_sign_csrs)
 
     check = commands.add_parser("check-expiration", help="kubeadm's expiry tables (offline)")
-    check.add_argument("--dir", type=Path, required=True)
-    check.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    check.add_argument(
+        "--dir", type=Path, required=True, help="the kubeconfig directory, e.g. /etc/kubernetes"
+    )
+    check.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help="default: table"
+    )
     check.set_defaults(run=cmd_check_expiration)
 
     renew = commands.add_parser("renew", help="re-issue certificates near expiry")
-    renew.add_argument("--dir", type=Path, required=True)
+    renew.add_argument(
+        "--dir", type=Path, required=True, help="the kubeconfig directory, e.g. /etc/kubernetes"
+    )
     renew.add_argument("--within", help="renew what expires within this (default: last third)")
     renew.add_argument("--reuse-key", action="store_true", help="keep each existing key")
     renew.set_defaults(run=cmd_renew)

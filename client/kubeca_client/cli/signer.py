@@ -53,7 +53,12 @@ def add_commands(commands: Any) -> None:
         "through the kubeca service (needs a grant with service_account_signing)",
     )
     proxy.add_argument("--socket", type=Path, required=True, help="the socket to listen on")
-    proxy.add_argument("--socket-mode", choices=sorted(MODES), default="0600")
+    proxy.add_argument(
+        "--socket-mode",
+        choices=sorted(MODES),
+        default="0600",
+        help="who may connect: 0600 (this user) or 0660 (and --socket-group)",
+    )
     proxy.add_argument("--socket-group", help="the socket's group (with --socket-mode 0660)")
     proxy.add_argument(
         "--deadline-seconds",

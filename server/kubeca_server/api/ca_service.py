@@ -9,12 +9,13 @@ from typing import Any
 
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client.errors import InvalidArgument
+from kubeca_client.revocation import parse_reason
 from kubeca_client.text import clip
 
 from kubeca_server.api import messages
 from kubeca_server.api.caller import tls_caller
 from kubeca_server.api.methods import Method, Service
-from kubeca_server.ca.crl import CRLPublisher, parse_reason
+from kubeca_server.ca.crl import CRLPublisher
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.issuance.inventory import Inventory
 from kubeca_server.issuance.model import Caller, IssueRequest
@@ -154,8 +155,11 @@ class CAHandlers:
     def list_tokens(
         self, request: pb.ListBootstrapTokensRequest, caller: Caller
     ) -> pb.ListBootstrapTokensResponse:
-        records = self._tokens.list(caller)
-        return pb.ListBootstrapTokensResponse(tokens=[messages.bootstrap_token(r) for r in records])
+        page = self._tokens.page(caller, request.page_token, request.page_size)
+        return pb.ListBootstrapTokensResponse(
+            tokens=[messages.bootstrap_token(r) for r in page.tokens],
+            next_page_token=page.next_token,
+        )
 
     def revoke_token(
         self, request: pb.RevokeBootstrapTokenRequest, caller: Caller

@@ -29,7 +29,12 @@ def tls_caller(context: grpc.ServicerContext) -> Caller:
         names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages or not names:
             raise Unauthenticated("the client certificate is not an operator certificate")
-        return Caller(identity=str(names[0].value), peer=peer, kind=OPERATOR)
+        return Caller(
+            identity=str(names[0].value),
+            peer=peer,
+            kind=OPERATOR,
+            serial=format(certificate.serial_number, "x"),
+        )
     for key, value in context.invocation_metadata():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             token = value.removeprefix("Bearer ").strip()

@@ -67,6 +67,16 @@ class Service:
     identify: Callable[[grpc.ServicerContext], Caller]
 
 
+class Credentials(Protocol):
+    def check(self, caller: Caller) -> None:
+        """Raise (Unauthenticated) if the caller's credential was revoked."""
+
+
+class _NoRevocations:
+    def check(self, caller: Caller) -> None:
+        """Nothing is revoked: for services whose callers hold no certificates."""
+
+
 class Unavailability(Protocol):
     def recheck_soon(self) -> None:
         """Something looked unreachable: probe the HSM and the store again now."""
@@ -79,6 +89,8 @@ class Environment:
     ledger: Ledger
     metrics: Metrics
     health: Unavailability
+    # Every call of an operator is checked, whatever the method (issue 10, defect 4).
+    credentials: Credentials = field(default_factory=_NoRevocations)
 
 
 def generic_handler(service: Service, env: Environment) -> grpc.GenericRpcHandler[Any, Any]:
@@ -103,6 +115,7 @@ def _wrap(
         label = ""
         try:
             caller = service.identify(context)
+            env.credentials.check(caller)
             request = _decode(method, raw)
             fields.update(method.describe(request))
             label = method.label(request)

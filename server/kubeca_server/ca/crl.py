@@ -1,4 +1,5 @@
-"""Certificate revocation lists, one per cluster CA, signed in the HSM.
+"""Certificate revocation lists, one per CA (the service CA's lists revoked operator
+credentials), signed in the HSM.
 
 Published as DER (etcd 3.6 reads DER only) to state_dir/crl/<ca>.crl on every
 revocation and again before half the validity has passed, so a consumer re-reading
@@ -17,32 +18,18 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from kubeca_client.errors import InvalidArgument
 from kubeca_client.files import PUBLIC, atomic_write
+from kubeca_client.revocation import REASONS as REVOCATION_REASONS
 
 from kubeca_server.ca.authority import Generation
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ledger.audit import Entry, Ledger
 
 DEFAULT_VALIDITY = timedelta(days=7)
+# Every reason kubeca_client.revocation accepts (and stores), as the CRL entry's code.
 REASONS: Mapping[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key_compromise": x509.ReasonFlags.key_compromise,
-    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-    "certificate_hold": x509.ReasonFlags.certificate_hold,
-    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
+    name: x509.ReasonFlags[name] for name in REVOCATION_REASONS
 }
-
-
-def parse_reason(text: str) -> str:
-    reason = text.strip().lower().replace("-", "_") or "unspecified"
-    if reason not in REASONS:
-        raise InvalidArgument(
-            f"unknown revocation reason {text[:40]!r}; use one of {', '.join(REASONS)}"
-        )
-    return reason
 
 
 @dataclass(frozen=True)
@@ -164,5 +151,6 @@ class CRLPublisher:
         return PublishedCRL(der, number, crl.last_update_utc, next_update)
 
     def refresh_all(self) -> None:
-        for ca in self._registry.cluster():
-            self.current(ca.name)
+        # The service CA's too: it lists revoked operator credentials.
+        for name in self._registry.snapshot():
+            self.current(name)

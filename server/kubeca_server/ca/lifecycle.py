@@ -206,6 +206,7 @@ def load(
     store: Store,
     linter: Linter,
     clock: Clock = lambda: datetime.now(UTC),
+    before_signing: Callable[[], None] = lambda: None,
 ) -> dict[str, CertificateAuthority]:
     """Every CA, checked: in the store, each certificate a CA bound to its HSM key, and
     the issuing generation current."""
@@ -218,7 +219,7 @@ def load(
             raise ConfigError(
                 f"{name}: not in the store; run 'kubeca-server --config {config.path} init' first"
             )
-        generations = tuple(_load_generation(row, backend, linter) for row in found)
+        generations = tuple(_load_generation(row, backend, linter, before_signing) for row in found)
         ca = CertificateAuthority(name, generations)
         if ca.issuing.not_after <= now:
             raise ConfigError(f"{name}: the CA certificate expired")
@@ -226,7 +227,12 @@ def load(
     return loaded
 
 
-def _load_generation(row: GenerationRow, backend: KeyBackend, linter: Linter) -> Generation:
+def _load_generation(
+    row: GenerationRow,
+    backend: KeyBackend,
+    linter: Linter,
+    before_signing: Callable[[], None] = lambda: None,
+) -> Generation:
     name = row.authority
     try:
         certificate = x509.load_pem_x509_certificate(row.certificate_pem.encode())
@@ -247,7 +253,12 @@ def _load_generation(row: GenerationRow, backend: KeyBackend, linter: Linter) ->
         )
     _check_is_ca(name, certificate)
     return Generation(
-        name, row.generation, certificate, Signer(key, linter), row.state, row.provenance
+        name,
+        row.generation,
+        certificate,
+        Signer(key, linter, before_signing),
+        row.state,
+        row.provenance,
     )
 
 

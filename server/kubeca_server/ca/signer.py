@@ -11,7 +11,9 @@ through the same two steps.
 
 from __future__ import annotations
 
+import secrets
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from cryptography import x509
@@ -44,10 +46,18 @@ class Prepared(Generic[Builder]):
 class Signer:
     """One CA key (in the HSM) and the linter every template passes first."""
 
-    def __init__(self, key: CAPrivateKey, linter: Linter) -> None:
+    def __init__(
+        self,
+        key: CAPrivateKey,
+        linter: Linter,
+        before_signing: Callable[[], None] = lambda: None,
+    ) -> None:
         self._key = key
         self._linter = linter
         self._lock = threading.Lock()
+        # Raises Unavailable when the HSM's keys are not known to be the CAs' (after a
+        # reconnect, until ca.keycheck has checked them): see KeyGuard.
+        self._before_signing = before_signing
 
     @property
     def public_key(self) -> CAPublicKey:
@@ -70,6 +80,7 @@ class Signer:
         return Prepared(builder, self)
 
     def _take(self, prepared: Prepared[Builder]) -> Builder:
+        self._before_signing()
         with self._lock:
             if prepared._signer is not self:
                 raise InternalError("a template prepared for another CA key reached this one")
@@ -94,9 +105,20 @@ class Signer:
 
     def sign_bytes(self, data: bytes) -> bytes:
         """A bare signature (audit checkpoints): not X.509, so nothing to lint."""
+        self._before_signing()
         signature = sign_bytes(self._key, data)
         self._check(signature, data)
         return signature
+
+    def signs_for(self, public_key: CAPublicKey) -> bool:
+        """Whether the key in the HSM makes signatures ``public_key`` verifies: a fresh
+        challenge, signed and checked (a public object in the token proves nothing)."""
+        challenge = b"kubeca key check " + secrets.token_bytes(32)
+        try:
+            verify_signature(public_key, sign_bytes(self._key, challenge), challenge)
+        except (InvalidSignature, ValueError, TypeError):
+            return False
+        return True
 
     def _check(self, signature: bytes, data: bytes) -> None:
         # A faulty HSM, or a token swapped under us (same labels, other keys), must not

@@ -6,17 +6,16 @@ one audit record with the inventory change in its transaction, then the CA's new
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from kubeca_client.authorities import SERVICE_CA
 from kubeca_client.errors import InvalidArgument, NotFound, PermissionDenied
 
 from kubeca_server.ca.crl import CRLPublisher, PublishedCRL
 from kubeca_server.config import Grant
-from kubeca_server.issuance import grants
+from kubeca_server.issuance import grants, paging
 from kubeca_server.issuance.model import Caller
 from kubeca_server.issuance.permits import Gatekeeper
 from kubeca_server.ledger.audit import Entry, Ledger
@@ -34,26 +33,11 @@ class Page:
     next_token: str  # "" after the last page
 
 
-def _encode(cursor: InventoryCursor) -> str:
-    raw = json.dumps([cursor.not_after.timestamp(), cursor.serial]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(token: str) -> InventoryCursor | None:
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        seconds, serial = json.loads(raw)
-        if not isinstance(serial, str) or not isinstance(seconds, int | float):
-            raise ValueError(token)
-        return InventoryCursor(datetime.fromtimestamp(seconds, UTC), serial)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidArgument("page_token is not one this service handed out") from None
-
-
 def visible(grant: Grant, row: CertificateRow) -> bool:
-    """Whether an operator's grant covers a certificate (could it have issued it?)."""
+    """Whether an operator's grant covers a certificate (could it have issued it?).
+    Operator credentials (the service CA's) are for grants that may revoke."""
+    if row.authority == SERVICE_CA:
+        return grant.revoke
     profile = PROFILES.get(row.profile)
     return profile is not None and grants.allows_profile(grant, profile)
 
@@ -80,15 +64,18 @@ class Inventory:
     def page(self, caller: Caller, query: InventoryQuery, token: str, size: int) -> Page:
         """One page of what the caller's grant covers, and the token for the next."""
         grant = self._gatekeeper.grant(caller)
-        if not 0 <= size <= MAX_PAGE:
-            raise InvalidArgument(f"page_size must be 0 (the default) to {MAX_PAGE}")
-        size = size or DEFAULT_PAGE
-        cursor = _decode(token)
+        size = paging.page_size(size, DEFAULT_PAGE, MAX_PAGE)
+        after = paging.decode(token)
+        cursor = InventoryCursor(*after) if after else None
+        known = PROFILES.get(query.profile)
+        if known is not None and query.authority and known.authority != query.authority:
+            # Nothing can match; asking would scan the profile's every row for nothing.
+            return Page([], "")
         with self._ledger.store.unit(read_only=True) as unit:
             rows = unit.inventory.page(query, cursor, size + 1)
         more = len(rows) > size
         rows = rows[:size]
-        next_token = _encode(InventoryCursor(rows[-1].not_after, rows[-1].serial)) if more else ""
+        next_token = paging.encode(rows[-1].not_after, rows[-1].serial) if more else ""
         return Page([r for r in rows if visible(grant, r)], next_token)
 
     def revoke(

@@ -27,6 +27,7 @@ class Caller:
     peer: str = ""
     kind: str = OPERATOR
     token: str = field(default="", repr=False)  # the bootstrap token secret; never logged
+    serial: str = ""  # an operator's client certificate serial, lower-case hex
 
     def fields(self) -> dict[str, str]:
         """What every audit record says of the caller."""

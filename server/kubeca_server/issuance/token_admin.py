@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from kubeca_client.errors import PermissionDenied
 from kubeca_client.names import SubjectAltNames
 
 from kubeca_server.config import Grant
-from kubeca_server.issuance import grants
+from kubeca_server.issuance import grants, paging
 from kubeca_server.issuance.model import Caller
 from kubeca_server.issuance.permits import Gatekeeper
 from kubeca_server.issuance.tokens import TokenRequest, make_record
 from kubeca_server.ledger.audit import Entry, Ledger
 from kubeca_server.profiles import PROFILES, Inputs
-from kubeca_server.store import TokenRecord
+from kubeca_server.store import TokenCursor, TokenRecord
 from kubeca_server.store.changes import AddToken, RevokeToken
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class TokenPage:
+    tokens: list[TokenRecord]
+    next_token: str  # "" after the last page
 
 
 class TokenAdmin:
@@ -76,14 +86,33 @@ class TokenAdmin:
         )
         return token, record
 
-    def list(self, caller: Caller) -> list[TokenRecord]:
+    def page(self, caller: Caller, token: str = "", size: int = 0) -> TokenPage:
+        """One page of live tokens (the latest to expire first) that the caller's grant
+        could have made, not every operator's, and the token for the next page."""
         grant = self._grant(caller)
+        size = paging.page_size(size, DEFAULT_PAGE, MAX_PAGE)
+        after = paging.decode(token)
         with self._ledger.store.unit(read_only=True) as unit:
-            live = unit.tokens.list(self._clock())
-        # Tokens its grant could have made, not every operator's.
-        return [
-            t for t in live if all(grants.allows_profile(grant, PROFILES[p]) for p in t.profiles)
+            live = unit.tokens.page(self._clock(), TokenCursor(*after) if after else None, size + 1)
+        more = len(live) > size
+        live = live[:size]
+        next_token = paging.encode(live[-1].expires_at, live[-1].token_id) if more else ""
+        mine = [
+            t
+            for t in live
+            if all(p in PROFILES and grants.allows_profile(grant, PROFILES[p]) for p in t.profiles)
         ]
+        return TokenPage(mine, next_token)
+
+    def list(self, caller: Caller) -> list[TokenRecord]:
+        """Every page: for callers in this process (tests, verbs), not the API."""
+        found: list[TokenRecord] = []
+        token = ""
+        while True:
+            page = self.page(caller, token, MAX_PAGE)
+            found.extend(page.tokens)
+            if not (token := page.next_token):
+                return found
 
     def revoke(self, caller: Caller, token_id: str) -> None:
         self._grant(caller)

@@ -25,4 +25,10 @@ class KeyBackend(Protocol):
     def probe(self) -> None:
         """Raise ``Unavailable`` unless the backend can sign right now."""
 
+    @property
+    def connections(self) -> int:
+        """How often the backend has connected to its keys so far. A change means the
+        keys behind the labels may be other keys (a token swapped for one with the same
+        label and PIN), so they must be checked against their certificates again."""
+
     def close(self) -> None: ...

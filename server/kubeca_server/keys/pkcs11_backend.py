@@ -138,6 +138,7 @@ class Pkcs11Backend:
         self._session: Any = None
         self._handles: dict[str, Any] = {}
         self._pin_refused: str | None = None
+        self._connections = 0
         with self._lock:
             try:
                 self._connect()
@@ -179,6 +180,11 @@ class Pkcs11Backend:
             # Login belongs to the process, not the session: someone in this process
             # logged in already, and a second login is an error, not a no-op.
             self._session = token.open(rw=True)
+        self._connections += 1
+
+    @property
+    def connections(self) -> int:
+        return self._connections
 
     def _reconnect(self) -> None:
         self._handles.clear()

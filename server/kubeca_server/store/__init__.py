@@ -14,6 +14,7 @@ from kubeca_server.store.records import (
     InventoryQuery,
     KeyKind,
     Provenance,
+    TokenCursor,
     TokenRecord,
 )
 from kubeca_server.store.roles import Store, UnitOfWork
@@ -27,6 +28,7 @@ __all__ = [
     "KeyKind",
     "Provenance",
     "Store",
+    "TokenCursor",
     "TokenRecord",
     "UnitOfWork",
 ]

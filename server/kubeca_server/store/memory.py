@@ -25,6 +25,7 @@ from kubeca_server.store.records import (
     GenerationState,
     InventoryCursor,
     InventoryQuery,
+    TokenCursor,
     TokenRecord,
 )
 
@@ -193,9 +194,14 @@ class _Tokens:
     def find(self, token_id: str) -> TokenRecord | None:
         return self._t.tokens.get(token_id)
 
-    def list(self, now: datetime) -> list[TokenRecord]:
-        live = [t for t in self._t.tokens.values() if t.expires_at > now]
-        return sorted(live, key=lambda t: t.created_at, reverse=True)
+    def page(self, now: datetime, after: TokenCursor | None, limit: int) -> list[TokenRecord]:
+        live = [
+            t
+            for t in self._t.tokens.values()
+            if t.expires_at > now
+            and (after is None or (t.expires_at, t.token_id) < (after.expires_at, after.token_id))
+        ]
+        return sorted(live, key=lambda t: (t.expires_at, t.token_id), reverse=True)[:limit]
 
     def revoke(self, token_id: str, now: datetime) -> bool:
         token = self._t.tokens.get(token_id)

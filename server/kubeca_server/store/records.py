@@ -60,6 +60,15 @@ class InventoryCursor:
     serial: str
 
 
+@dataclass(frozen=True)
+class TokenCursor:
+    """Where a page of bootstrap tokens ended: they go latest-expiring first, in
+    (expires_at, token_id) descending order."""
+
+    expires_at: datetime
+    token_id: str
+
+
 class GenerationState(StrEnum):
     ISSUING = "issuing"  # signs new certificates; exactly one per CA
     TRUSTED = "trusted"  # published and trusted, but signs nothing new

@@ -22,6 +22,7 @@ from kubeca_server.store.records import (
     GenerationState,
     InventoryCursor,
     InventoryQuery,
+    TokenCursor,
     TokenRecord,
 )
 
@@ -74,8 +75,10 @@ class Tokens(Protocol):
 
     def find(self, token_id: str) -> TokenRecord | None: ...
 
-    def list(self, now: datetime) -> list[TokenRecord]:
-        """Tokens not yet expired, newest first."""
+    def page(self, now: datetime, after: TokenCursor | None, limit: int) -> list[TokenRecord]:
+        """Up to ``limit`` tokens not yet expired at ``now``, after ``after``, in
+        (expires_at, token_id) descending order (the latest to expire first); each
+        page costs the database a bounded amount of work (a range of an index)."""
 
     def revoke(self, token_id: str, now: datetime) -> bool:
         """True if a token by that id existed and was not revoked already."""

@@ -31,6 +31,7 @@ from kubeca_server.store.records import (
     InventoryQuery,
     KeyKind,
     Provenance,
+    TokenCursor,
     TokenRecord,
 )
 from kubeca_server.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -402,11 +403,16 @@ class _Tokens(_Roles):
         )
         return self._record(row) if row else None
 
-    def list(self, now: datetime) -> list[TokenRecord]:
+    def page(self, now: datetime, after: TokenCursor | None, limit: int) -> list[TokenRecord]:
+        where, args = "expires_at > ?", [_ts(now)]  # type: str, list[object]
+        if after is not None:
+            where += " AND (expires_at, token_id) < (?, ?)"
+            args.extend((_ts(after.expires_at), after.token_id))
         rows = self._all(
-            f"SELECT {_BOOTSTRAP_COLUMNS} FROM bootstrap_tokens WHERE expires_at > ? "  # noqa: S608
-            "ORDER BY created_at DESC",
-            _ts(now),
+            f"SELECT {_BOOTSTRAP_COLUMNS} FROM bootstrap_tokens WHERE {where} "  # noqa: S608  # fixed clauses, bound values
+            "ORDER BY expires_at DESC, token_id DESC LIMIT ?",
+            *args,
+            limit,
         )
         return [self._record(row) for row in rows]
 

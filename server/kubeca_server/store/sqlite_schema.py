@@ -91,5 +91,15 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE revoked_at IS NOT NULL;
     CREATE INDEX certificates_issuer ON certificates(authority, issuer_key_id, not_after);
     """,
+    # 3: bootstrap tokens listed page by page, latest to expire first, and revoked
+    # certificates of one CA or profile: each page a range of an index, however large
+    # the table (issue 10).
+    """
+    CREATE INDEX bootstrap_tokens_expiry ON bootstrap_tokens(expires_at, token_id);
+    CREATE INDEX certificates_revoked_authority ON certificates(authority, not_after, serial)
+        WHERE revoked_at IS NOT NULL;
+    CREATE INDEX certificates_revoked_profile ON certificates(profile, not_after, serial)
+        WHERE revoked_at IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

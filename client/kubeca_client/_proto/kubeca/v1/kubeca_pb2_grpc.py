@@ -119,6 +119,7 @@ class CertificateAuthorityServicer:
 
     def ListBootstrapTokens(self, request, context):
         """Bootstrap tokens that are not yet expired, with their state; never their secrets.
+        One page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

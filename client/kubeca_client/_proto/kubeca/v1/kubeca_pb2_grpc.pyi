@@ -46,7 +46,9 @@ class CertificateAuthorityStub:
     CreateBootstrapToken: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.CreateBootstrapTokenRequest, _kubeca_pb2.CreateBootstrapTokenResponse]
     """A one-time bootstrap token bound to a node (operators with a token grant only)."""
     ListBootstrapTokens: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.ListBootstrapTokensRequest, _kubeca_pb2.ListBootstrapTokensResponse]
-    """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
+    """Bootstrap tokens that are not yet expired, with their state; never their secrets.
+    One page at a time.
+    """
     RevokeBootstrapToken: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeBootstrapTokenRequest, _kubeca_pb2.RevokeBootstrapTokenResponse]
     """Makes a token unusable at once."""
     RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeCertificateRequest, _kubeca_pb2.RevokeCertificateResponse]
@@ -76,7 +78,9 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     CreateBootstrapToken: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.CreateBootstrapTokenRequest, _kubeca_pb2.CreateBootstrapTokenResponse]  # type: ignore[assignment]
     """A one-time bootstrap token bound to a node (operators with a token grant only)."""
     ListBootstrapTokens: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.ListBootstrapTokensRequest, _kubeca_pb2.ListBootstrapTokensResponse]  # type: ignore[assignment]
-    """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
+    """Bootstrap tokens that are not yet expired, with their state; never their secrets.
+    One page at a time.
+    """
     RevokeBootstrapToken: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeBootstrapTokenRequest, _kubeca_pb2.RevokeBootstrapTokenResponse]  # type: ignore[assignment]
     """Makes a token unusable at once."""
     RevokeCertificate: _aio.UnaryUnaryMultiCallable[_kubeca_pb2.RevokeCertificateRequest, _kubeca_pb2.RevokeCertificateResponse]  # type: ignore[assignment]
@@ -133,7 +137,9 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         request: _kubeca_pb2.ListBootstrapTokensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kubeca_pb2.ListBootstrapTokensResponse, _abc.Awaitable[_kubeca_pb2.ListBootstrapTokensResponse]]:
-        """Bootstrap tokens that are not yet expired, with their state; never their secrets."""
+        """Bootstrap tokens that are not yet expired, with their state; never their secrets.
+        One page at a time.
+        """
 
     @_abc_1.abstractmethod
     def RevokeBootstrapToken(
