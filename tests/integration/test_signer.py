@@ -422,3 +422,21 @@ def test_hsm_down_makes_sign_unavailable_and_health_not_serving_until_it_returns
                 tokens.rmdir()
             away.rename(tokens)
         signer.server.stop()
+
+
+def test_a_0660_socket_gets_the_configured_group(tmp_path: Path) -> None:
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    signer = start_signer(
+        tmp_path / "group", extra=f'socket_mode = 0o660\nsocket_group = "{group}"\n'
+    )
+    try:
+        info = os.lstat(signer.socket)
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert info.st_gid == os.getgid()
+        with signer.channel() as channel:
+            stub = v1_grpc.ExternalJWTSignerStub(channel)
+            assert stub.Metadata(v1.MetadataRequest(), timeout=10).max_token_expiration_seconds
+    finally:
+        signer.server.stop()
