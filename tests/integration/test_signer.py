@@ -82,7 +82,9 @@ class Signer:
         )
 
 
-def start_signer(directory: Path, algorithm: str = "RSA-2048", extra: str = "") -> Signer:
+def start_signer(
+    directory: Path, algorithm: str = "RSA-2048", extra: str = "", workers: int = 1
+) -> Signer:
     token = make_token(directory / "hsm")
     sock = directory / "run" / "signer.sock"
     sock.parent.mkdir(parents=True)
@@ -94,7 +96,7 @@ def start_signer(directory: Path, algorithm: str = "RSA-2048", extra: str = "") 
     # The tests' operator acts as a signer proxy too.
     config.write_text(config.read_text() + "service_account_signing = true\n")
     run_server_cli(config, token, "init")
-    return Signer(RunningServer(config, token).start(), sock)
+    return Signer(RunningServer(config, token, workers=workers).start(), sock)
 
 
 @pytest.fixture(scope="module")
@@ -438,5 +440,19 @@ def test_a_0660_socket_gets_the_configured_group(tmp_path: Path) -> None:
         with signer.channel() as channel:
             stub = v1_grpc.ExternalJWTSignerStub(channel)
             assert stub.Metadata(v1.MetadataRequest(), timeout=10).max_token_expiration_seconds
+    finally:
+        signer.server.stop()
+
+
+def test_with_two_workers_one_owns_the_socket_and_signs(tmp_path: Path) -> None:
+    signer = start_signer(tmp_path / "workers", workers=2)
+    try:
+        deadline = time.monotonic() + 30
+        while not signer.socket.exists():  # the supervisor returns before the workers bind
+            assert time.monotonic() < deadline, "no worker created the socket"
+            time.sleep(0.1)
+        with signer.channel() as channel:
+            for package in PACKAGES:
+                assert sign_and_verify(channel, package, "RS256")["iss"] == ISSUER
     finally:
         signer.server.stop()
