@@ -7,16 +7,19 @@ PY := $(BIN)/python
 # Debian packages by the command that proves each is there. kubectl may come from
 # another package (e.g. a cloud SDK), so it is only installed when no kubectl exists.
 DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client
+# What `make bench` adds, by a file that proves each is there (grpc-go is a source tree,
+# no command): the peer CA, and Go with grpc-go to build the native load generator.
+BENCH_DEB_NEEDS := /usr/bin/cfssl:golang-cfssl /usr/bin/go:golang-go /usr/share/gocode/src/google.golang.org/grpc/server.go:golang-google-grpc-dev
 PROTO_SRC := proto/kubeca/v1/kubeca.proto proto/externaljwt/v1/externaljwt.proto proto/externaljwt/v1alpha1/externaljwt.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python proto proto-check lint unit test demo serve bench bench-signer terraform-provider clean
+.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test demo serve bench bench-signer terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
 	@echo "make test   - install what is missing, lint, type-check, proto drift check, all tests"
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
-	@echo "make bench  - HSM raw signing rate vs end-to-end issuance rate"
+	@echo "make bench  - kubeca vs the HSM's raw rate vs cfssl, 1-64 connections, with a plot"
 	@echo "make bench-signer - ExternalJWTSigner Sign via socket and proxy vs the HSM raw rate"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
 	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
@@ -68,7 +71,19 @@ serve: deps
 	@test -f var/kubeca.toml || { echo "var/kubeca.toml is missing: run 'make demo' once first"; exit 2; }
 	SOFTHSM2_CONF=$(CURDIR)/var/softhsm2.conf $(BIN)/kubeca-server --config var/kubeca.toml serve
 
-bench: deps
+# Python's bench needs (matplotlib, py-spy) are the [bench] extra of pyproject.toml.
+deps-bench: deps
+	@missing=""; for pair in $(BENCH_DEB_NEEDS); do \
+	  path=$${pair%%:*}; pkg=$${pair##*:}; \
+	  test -e $$path || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@$(PY) -c "import matplotlib" 2>/dev/null && test -x $(BIN)/py-spy || $(PY) -m pip install -q -e '.[server,dev,bench]'
+
+bench: deps-bench
 	$(PY) bench/issuance.py
 
 bench-signer: deps

@@ -1,523 +1,384 @@
-"""Issuance throughput next to the HSM's raw signing rate, for each CA key algorithm.
+"""`make bench`: kubeca's issuance rate beside the HSM's raw rate and beside cfssl.
 
     .venv/bin/python bench/issuance.py        (what `make bench` runs)
 
-For ECDSA-P256 and RSA-2048 CA keys, each on a fresh SoftHSM token: the token's raw
-signing rate with the project's own PKCS#11 backend (one process, one thread, no
-server running), then certificates/second and latency through the gRPC service at
-1 and 16 concurrent clients (threads, one Client each), and at 16 clients against two
-worker processes. Every certificate costs the CA exactly one HSM signature, so the
-raw rate is the ceiling the service can approach but not pass (per worker process).
+For each CA key type (ECDSA P-256, RSA-2048), in one run on the same machine:
+- the raw rate of the SoftHSM token with the project's own PKCS#11 backend, in one
+  process and in two at once (each process has its own session, like each worker);
+- kubeca serve with one worker per core, every safeguard on (mutual TLS, pkilint before
+  signing, HSM signature, durable audit record and inventory row before the answer);
+- cfssl 1.2 serve (Debian's golang-cfssl) with a file CA key of the same type;
+each server driven by the same native load generator (bench/go/loadgen, Go) with 1, 4, 16 and
+64 connections, one request in flight on each, all signing the same P-256 leaf CSR.
 
-gRPC lets every channel in a process with the same target and options share one TCP
-connection, and SO_REUSEPORT hands a connection to one worker for its whole life: 16
-plain Clients in one process therefore load a single worker. Real callers (kubeadm,
-kubelets) are separate processes with their own connections, so the threads here use
-their own connections too; one extra row keeps the shared connection to show the effect.
+It prints certs/s, p50/p99 latency, server CPU per certificate (from /proc), peak RSS per
+process, the load generator's CPU, and the ratios to cfssl and to the raw HSM rate, and
+draws throughput against concurrency to bench/results/throughput.png. Figures depend on
+what else the machine runs: the "other cores" column says how much that was.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import multiprocessing
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Run as a script, Python puts bench/ on sys.path, not the repo root that holds tests/.
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, padding  # noqa: E402
-from kubeca_client.client import Client  # noqa: E402
-from kubeca_client.errors import KubecaError  # noqa: E402
+from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb  # noqa: E402
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key  # noqa: E402
-from kubeca_server.keys.backend import CAPrivateKey  # noqa: E402
 
+from bench import cfssl, loadgen, procstat  # noqa: E402
 from tests.support import (  # noqa: E402
     SOFTHSM_MODULE,
     RunningServer,
     Token,
+    free_port,
     make_token,
     run_server_cli,
     write_server_config,
 )
 
 CA_ALGORITHMS = (KeyAlgorithm.ECDSA_P256, KeyAlgorithm.RSA_2048)
-# The "admin" profile takes no parameters and is signed by this CA.
-PROFILE = "admin"
+PROFILE = "admin"  # no parameters; signed by kubernetes-ca
 CA_KEY_LABEL = "kubeca/kubernetes-ca"
-MAX_REQUESTS = 1000
-MAX_PHASE_SECONDS = 8.0
+CONCURRENCY = (1, 4, 16, 64)
+HEADLINE = 16  # the concurrency of the issue's goals, measured longer
+PHASE_SECONDS = {1: 3.0, 4: 3.0, 16: 6.0, 64: 3.0}
 RAW_SIGN_SECONDS = 2.0
-# Roughly the size of a leaf certificate's TBS, the data the CA really signs.
-RAW_PAYLOAD_BYTES = 600
-CLIENT_TIMEOUT_SECONDS = 30.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RAW_PAYLOAD_BYTES = 600  # about a leaf's TBS, what the CA key really signs
+WORKERS = os.cpu_count() or 1
+RESULTS = REPO / "bench" / "results"
 
 
-@dataclass(frozen=True)
-class Phase:
-    workers: int
-    clients: int
-    # False: plain Clients, which gRPC puts on one shared connection (see the docstring).
-    own_connections: bool = True
+# --- the HSM's raw rate (in spawned processes: the module loads once per process) -----
 
 
-PHASES = (Phase(1, 1), Phase(1, 16), Phase(2, 16), Phase(2, 16, own_connections=False))
-
-
-# --- the HSM's raw rate (runs in a spawned process) -------------------------------
-
-
-def _signer(key: CAPrivateKey) -> Callable[[bytes], bytes]:
+def _signer(key: object) -> Callable[[bytes], bytes]:
     """The same signature call cryptography's CertificateBuilder makes for this key."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert isinstance(key, rsa.RSAPrivateKey)
     return lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
 
-def _check_signature(key: CAPrivateKey, data: bytes, signature: bytes) -> None:
-    """A rate is meaningless if the signatures are not real: verify one in software."""
-    public = key.public_key()
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-    else:
-        public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-
-
-def raw_sign_rate(conf: str, token_label: str, pin: str, seconds: float) -> float:
-    """Signatures/second with the CA key, one thread, through Pkcs11Backend.
-
-    Meant for a fresh process: the module reads SOFTHSM2_CONF when it loads, and
-    python-pkcs11 loads it once per process, so each token needs its own process.
-    """
+def raw_sign_rate(conf: str, token_label: str, pin: str, start_at: float) -> float:
+    """Signatures/second with the CA key from ``start_at`` (wall clock) for a fixed time."""
     os.environ["SOFTHSM2_CONF"] = conf
-    # Imported here so the parent process never loads the PKCS#11 module at all.
+    from kubeca_client.errors import KubecaError
     from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
 
-    backend = Pkcs11Backend(SOFTHSM_MODULE, token_label, pin)
+    try:
+        return _sign_for_a_while(Pkcs11Backend(SOFTHSM_MODULE, token_label, pin), start_at)
+    except KubecaError as exc:
+        # Its context does not pickle: say what it was in a form the parent can read.
+        raise RuntimeError(f"{type(exc).__name__}: {exc.message}") from None
+
+
+def _sign_for_a_while(backend: Any, start_at: float) -> float:
     try:
         key = backend.find_key(CA_KEY_LABEL)
         if key is None:
-            raise RuntimeError(f"token {token_label!r} has no key {CA_KEY_LABEL!r}")
-        sign = _signer(key)
-        payload = os.urandom(RAW_PAYLOAD_BYTES)
-        # Untimed: the first signature also looks up and caches the private-key handle.
-        _check_signature(key, payload, sign(payload))
-        count = 0
-        start = now = time.perf_counter()
-        while now - start < seconds:
+            raise RuntimeError(f"the token has no key {CA_KEY_LABEL!r}")
+        sign, payload = _signer(key), os.urandom(RAW_PAYLOAD_BYTES)
+        signature = sign(payload)  # untimed: caches the key handle; and check it is real
+        public = key.public_key()
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        else:
+            public.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+        time.sleep(max(0.0, start_at - time.time()))
+        count, start = 0, time.perf_counter()
+        while (now := time.perf_counter()) - start < RAW_SIGN_SECONDS:
             sign(payload)
             count += 1
-            now = time.perf_counter()
         return count / (now - start)
     finally:
         backend.close()
 
 
-def measure_raw_rate(token: Token) -> float:
+def raw_rates(token: Token) -> dict[int, float]:
+    """Signs/s of one process, and of two processes at once (added up)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(
-            raw_sign_rate, str(token.conf), token.label, token.pin, RAW_SIGN_SECONDS
-        )
-        return future.result()
+    rates: dict[int, float] = {}
+    for processes in (1, 2):
+        for attempt in (1, 2):
+            try:
+                with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+                    start_at = time.time() + 2.0  # after both have loaded the module
+                    args = (str(token.conf), token.label, token.pin, start_at)
+                    futures = [pool.submit(raw_sign_rate, *args) for _ in range(processes)]
+                    rates[processes] = sum(f.result() for f in futures)
+                break
+            except RuntimeError as exc:
+                # Seen once: two processes logging in to one SoftHSM token at the same
+                # moment. Say so, and measure again.
+                print(f"  raw HSM rate, {processes} process(es), attempt {attempt}: {exc}")
+                if attempt == 2:
+                    raise
+    return rates
 
 
-# --- CPU accounting ---------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces; fields after it start past the last ")".
-    return text.rpartition(")")[2].split()
-
-
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
-    found = [root]
-    for pid in found:
-        found.extend(child for child, parent in parents.items() if parent == pid)
-    return found
-
-
-def server_cpu_seconds(server: RunningServer) -> dict[int, float]:
-    """User+system CPU so far of the server and each process under it, by pid."""
-    if server.process is None:
-        return {}
-    seconds: dict[int, float] = {}
-    for pid in _descendants(server.process.pid):
-        fields = _proc_stat(pid)
-        if fields is not None:
-            # utime and stime: fields 14 and 15 of /proc/PID/stat, 1-based.
-            seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return seconds
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot (steal counts: it was not ours)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields) - idle - iowait) / CLOCK_TICKS
-
-
-def is_worker(server: RunningServer, pid: int) -> bool:
-    """The process that serves: the server itself, or with --workers N one of its N spawns."""
-    if server.workers == 1 or server.process is None:
-        return server.process is not None and pid == server.process.pid
-    try:
-        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def cpu_spent(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
-    """CPU seconds each server process spent in between (a restarted worker from zero)."""
-    return {pid: used - before.get(pid, 0.0) for pid, used in after.items()}
-
-
-# --- the end-to-end load ------------------------------------------------------------
+# --- one phase: the load generator against a server, CPU read around it ---------------
 
 
 @dataclass(frozen=True)
-class Load:
+class Phase:
+    server: str  # "kubeca" or "cfssl"
+    algorithm: str
+    connections: int
     completed: int
-    errors: list[str]
+    errors: int
+    first_error: str
     seconds: float
-    latencies_ms: list[float]
-    # CPU seconds of all server processes, and of each worker, busiest first.
-    server_cpu: float
-    worker_cpu: list[float]
-    bench_cpu: float
-    # Every process on the machine, ours included: the rest is load we did not make.
-    machine_cpu: float
-
-
-class WorkQueue:
-    """Hands out pre-made CSRs until they run out or the phase's time is up."""
-
-    def __init__(self, csrs: Sequence[bytes], max_seconds: float) -> None:
-        self._csrs = csrs
-        self._max_seconds = max_seconds
-        self._next = 0
-        self._deadline = float("inf")
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self._deadline = time.perf_counter() + self._max_seconds
-
-    def take(self) -> bytes | None:
-        with self._lock:
-            if self._next >= len(self._csrs) or time.perf_counter() >= self._deadline:
-                return None
-            self._next += 1
-            return self._csrs[self._next - 1]
-
-
-@dataclass
-class ClientResult:
-    latencies_ms: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-def _drive(client: Client, work: WorkQueue, barrier: threading.Barrier, out: ClientResult) -> None:
-    barrier.wait()
-    while (csr := work.take()) is not None:
-        began = time.perf_counter()
-        try:
-            # force_new: the CSRs repeat across phases, and the ledger would otherwise
-            # answer repeats from the inventory without signing anything.
-            client.issue_certificate(PROFILE, csr, force_new=True)
-        except KubecaError as exc:
-            out.errors.append(f"{type(exc).__name__}: {exc.message}")
-            continue
-        out.latencies_ms.append((time.perf_counter() - began) * 1000)
-
-
-# Clients in one process share one connection unless told otherwise, and SO_REUSEPORT
-# balances connections, not requests: a shared connection would load one worker only.
-OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
-
-
-@contextmanager
-def connected_clients(
-    server: RunningServer, count: int, own_connections: bool, warmup_csr: bytes
-) -> Iterator[list[Client]]:
-    options = OWN_CONNECTION if own_connections else ()
-    clients = [server.client(CLIENT_TIMEOUT_SECONDS, options) for _ in range(count)]
-    try:
-        # Untimed: connects each channel and warms each worker's one-off lint setup.
-        for client in clients:
-            client.issue_certificate(PROFILE, warmup_csr, force_new=True)
-        yield clients
-    finally:
-        for client in clients:
-            client.close()
-
-
-def run_load(server: RunningServer, phase: Phase, csrs: Sequence[bytes]) -> Load:
-    work = WorkQueue(csrs[1:], MAX_PHASE_SECONDS)
-    results = [ClientResult() for _ in range(phase.clients)]
-    marks: dict[str, float] = {}
-    server_before: dict[int, float] = {}
-
-    def at_start() -> None:
-        # The slow /proc scan first, so the clock starts after it.
-        server_before.update(server_cpu_seconds(server))
-        marks.update(
-            wall=time.perf_counter(), cpu=time.process_time(), machine=machine_busy_seconds()
-        )
-        work.start()
-
-    barrier = threading.Barrier(phase.clients, action=at_start)
-    connecting = connected_clients(server, phase.clients, phase.own_connections, csrs[0])
-    with connecting as connected:
-        threads = [
-            threading.Thread(target=_drive, args=(client, work, barrier, result))
-            for client, result in zip(connected, results, strict=True)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - marks["wall"]
-        bench_cpu = time.process_time() - marks["cpu"]
-        machine_cpu = machine_busy_seconds() - marks["machine"]
-        server_cpu = cpu_spent(server_before, server_cpu_seconds(server))
-    workers = [cpu for pid, cpu in server_cpu.items() if is_worker(server, pid)]
-    latencies = sorted(ms for r in results for ms in r.latencies_ms)
-    return Load(
-        completed=len(latencies),
-        errors=[e for r in results for e in r.errors],
-        seconds=seconds,
-        latencies_ms=latencies,
-        server_cpu=sum(server_cpu.values()),
-        worker_cpu=sorted(workers, reverse=True),
-        bench_cpu=bench_cpu,
-        machine_cpu=machine_cpu,
-    )
-
-
-# --- one CA algorithm end to end ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    algorithm: KeyAlgorithm
-    phase: Phase
-    load: Load
-    raw_rate: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_ms_per_cert: float
+    server_cores: float
+    loadgen_cores: float
+    other_cores: float
 
     @property
     def rate(self) -> float:
-        return self.load.completed / self.load.seconds if self.load.seconds else 0.0
-
-    def percentile_ms(self, fraction: float) -> float:
-        """Nearest-rank percentile; NaN when nothing completed."""
-        values = self.load.latencies_ms
-        if not values:
-            return float("nan")
-        return values[max(1, math.ceil(len(values) * fraction)) - 1]
-
-    @property
-    def server_ms_per_cert(self) -> float:
-        return 1000 * self.load.server_cpu / self.load.completed if self.load.completed else 0.0
-
-    @property
-    def worker_cores(self) -> list[float]:
-        """Cores used by each worker, busiest first."""
-        return [cpu / self.load.seconds for cpu in self.load.worker_cpu]
-
-    @property
-    def bench_cores(self) -> float:
-        return self.load.bench_cpu / self.load.seconds
-
-    @property
-    def other_cores(self) -> float:
-        """Cores busy with processes that are neither the server nor this benchmark."""
-        ours = self.load.server_cpu + self.load.bench_cpu
-        return max(0.0, self.load.machine_cpu - ours) / self.load.seconds
+        return self.completed / self.seconds if self.seconds else 0.0
 
 
-def make_csrs(count: int) -> list[bytes]:
-    # Distinct keys, like real callers; made before any timing starts.
-    return [build_csr(generate_private_key(KeyAlgorithm.ECDSA_P256)) for _ in range(count)]
+def measure(
+    server: str, algorithm: KeyAlgorithm, root_pid: int, connections: int, args: list[str]
+) -> Phase:
+    marks: dict[str, float] = {}
+    cpu_before: dict[int, float] = {}
+    cpu_after: dict[int, float] = {}
+
+    def start() -> None:
+        cpu_before.update(procstat.cpu_seconds(root_pid))
+        marks["machine"] = procstat.machine_busy_seconds()
+
+    def end() -> None:
+        cpu_after.update(procstat.cpu_seconds(root_pid))
+        marks["machine"] = procstat.machine_busy_seconds() - marks["machine"]
+
+    seconds = PHASE_SECONDS[connections]
+    result = loadgen.run_phase(
+        [*args, "-c", str(connections), "-seconds", str(seconds)], start, end
+    )
+    server_cpu = procstat.spent(cpu_before, cpu_after)
+    other = max(0.0, marks["machine"] - server_cpu - result.loadgen_cpu_seconds)
+    return Phase(
+        server=server,
+        algorithm=algorithm.value,
+        connections=connections,
+        completed=result.completed,
+        errors=result.errors,
+        first_error=result.first_error,
+        seconds=result.seconds,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        server_cpu_ms_per_cert=1000 * server_cpu / result.completed if result.completed else 0,
+        server_cores=server_cpu / result.seconds,
+        loadgen_cores=result.loadgen_cpu_seconds / result.seconds,
+        other_cores=other / result.seconds,
+    )
 
 
-def benchmark_algorithm(algorithm: KeyAlgorithm, csrs: Sequence[bytes]) -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="kubeca-bench-") as scratch:
-        base = Path(scratch)
-        token = make_token(base / "token", label=f"bench-{algorithm.value.lower()}")
-        config = write_server_config(base / "server", token, key_algorithm=algorithm.value)
-        run_server_cli(config, token, "init")
-        # Before any server starts: the raw rate must not compete with it for cores.
-        raw = measure_raw_rate(token)
-        rows: list[Row] = []
-        for phase in PHASES:
-            rows.append(Row(algorithm, phase, run_phase(config, token, phase, csrs), raw))
-            print(f"  {algorithm.value}: {_describe(phase)} done", flush=True)
-        return rows
+@dataclass(frozen=True)
+class Run:
+    algorithm: str
+    raw: dict[int, float]
+    phases: list[Phase]
+    rss_mb: dict[str, list[float]]  # peak RSS of each process, by server
 
 
-def run_phase(config: Path, token: Token, phase: Phase, csrs: Sequence[bytes]) -> Load:
-    server = RunningServer(config, token, workers=phase.workers)
+def issue_request(csr: bytes) -> bytes:
+    # force_new: the same CSR every time, and the inventory would answer a repeat
+    # without signing anything.
+    message = pb.IssueCertificateRequest(profile=PROFILE, csr=csr, force_new=True)
+    return message.SerializeToString()
+
+
+def bench_kubeca(
+    base: Path, algorithm: KeyAlgorithm, csr: bytes, phases: list[Phase]
+) -> tuple[dict[int, float], list[float]]:
+    token = make_token(base / "token", label=f"bench-{algorithm.value.lower()}")
+    config = write_server_config(base / "server", token, key_algorithm=algorithm.value)
+    run_server_cli(config, token, "init")
+    raw = raw_rates(token)  # before the server starts: no competition for the cores
+    server = RunningServer(config, token, workers=WORKERS)
+    body = base / "issue.bin"
+    body.write_bytes(issue_request(csr))
+    server.start()
     try:
-        server.start()
-        return run_load(server, phase, csrs)
+        assert server.process is not None
+        args = [
+            "-mode", "grpc", "-target", server.address, "-body", str(body),
+            "-ca", str(server.service_ca), "-cert", str(server.credentials_dir / "client.crt"),
+            "-key", str(server.credentials_dir / "client.key"),
+        ]  # fmt: skip
+        for connections in CONCURRENCY:
+            phases.append(measure("kubeca", algorithm, server.process.pid, connections, args))
+        workers = [
+            mb for pid, mb in procstat.peak_rss_mb(server.process.pid).items()
+            if procstat.is_worker(pid, server.process.pid, WORKERS)
+        ]  # fmt: skip
     finally:
         server.stop()
+    return raw, sorted(workers, reverse=True)
 
 
-def _describe(phase: Phase) -> str:
-    connections = "own connections" if phase.own_connections else "one shared connection"
-    return f"{phase.workers} worker(s), {phase.clients} client(s), {connections}"
+def bench_cfssl(
+    base: Path, algorithm: KeyAlgorithm, csr: bytes, phases: list[Phase]
+) -> list[float]:
+    port = free_port()
+    body = base / "cfssl-sign.json"
+    body.write_bytes(cfssl.request_body(csr))
+    url = f"http://127.0.0.1:{port}/api/v1/cfssl/sign"
+    with cfssl.serving(base / "cfssl", algorithm, port) as process:
+        args = ["-mode", "http", "-target", url, "-body", str(body)]
+        for connections in CONCURRENCY:
+            phases.append(measure("cfssl", algorithm, process.pid, connections, args))
+        return list(procstat.peak_rss_mb(process.pid).values())
 
 
-# --- report ---------------------------------------------------------------------------------
+def bench_algorithm(algorithm: KeyAlgorithm, csr: bytes) -> Run:
+    with tempfile.TemporaryDirectory(prefix="kubeca-bench-") as scratch:
+        base = Path(scratch)
+        phases: list[Phase] = []
+        raw, kubeca_rss = bench_kubeca(base, algorithm, csr, phases)
+        print(f"  {algorithm.value}: kubeca done", flush=True)
+        cfssl_rss = bench_cfssl(base, algorithm, csr, phases)
+        print(f"  {algorithm.value}: cfssl done", flush=True)
+        return Run(algorithm.value, raw, phases, {"kubeca": kubeca_rss, "cfssl": cfssl_rss})
+
+
+# --- report ---------------------------------------------------------------------------
 
 HEADER = (
-    "CA key",
-    "workers",
-    "clients",
-    "conns",
-    "certs",
-    "errors",
-    "certs/s",
-    "p50 ms",
-    "p99 ms",
-    "srv CPU ms/cert",
-    "worker cores",
-    "bench cores",
-    "other cores",
-    "HSM raw signs/s (limit)",
-    "% of limit",
-)
+    "server", "CA key", "conns", "certs", "errors", "certs/s", "p50 ms", "p99 ms",
+    "srv CPU ms/cert", "srv cores", "loadgen cores", "other cores",
+)  # fmt: skip
 
 
-def _cells(row: Row) -> tuple[str, ...]:
-    return (
-        row.algorithm.value,
-        str(row.phase.workers),
-        str(row.phase.clients),
-        str(row.phase.clients if row.phase.own_connections else 1),
-        str(row.load.completed),
-        str(len(row.load.errors)),
-        f"{row.rate:.1f}",
-        f"{row.percentile_ms(0.50):.1f}",
-        f"{row.percentile_ms(0.99):.1f}",
-        f"{row.server_ms_per_cert:.1f}",
-        "/".join(f"{cores:.2f}" for cores in row.worker_cores),
-        f"{row.bench_cores:.2f}",
-        f"{row.other_cores:.2f}",
-        f"{row.raw_rate:.0f}",
-        f"{100 * row.rate / row.raw_rate:.1f}%",
+def table(runs: Sequence[Run]) -> str:
+    rows = [HEADER]
+    for run in runs:
+        for p in run.phases:
+            rows.append(
+                (
+                    p.server, p.algorithm, str(p.connections), str(p.completed), str(p.errors),
+                    f"{p.rate:.0f}", f"{p.p50_ms:.1f}", f"{p.p99_ms:.1f}",
+                    f"{p.server_cpu_ms_per_cert:.2f}", f"{p.server_cores:.2f}",
+                    f"{p.loadgen_cores:.2f}", f"{p.other_cores:.2f}",
+                )
+            )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _at(run: Run, server: str, connections: int) -> Phase:
+    return next(p for p in run.phases if p.server == server and p.connections == connections)
+
+
+def summary(run: Run) -> list[str]:
+    kubeca, peer = _at(run, "kubeca", HEADLINE), _at(run, "cfssl", HEADLINE)
+    raw = run.raw.get(WORKERS, run.raw[max(run.raw)])
+    cpu_ratio = (
+        kubeca.server_cpu_ms_per_cert / peer.server_cpu_ms_per_cert
+        if peer.server_cpu_ms_per_cert
+        else float("nan")
     )
-
-
-def table(rows: Sequence[Row]) -> str:
-    lines = [HEADER, *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
-    text = [" | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    text.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(text)
-
-
-def bound_note(rows: Sequence[Row]) -> str:
-    """What limits the best row, judged only from what this run measured."""
-    best = max(rows, key=lambda r: r.rate)
-    share = 100 * best.rate / best.raw_rate
-    if share >= 80:
-        return f"{best.algorithm.value}: the token: {best.rate:.0f} certs/s is {share:.0f}% of it."
-    cores = os.cpu_count() or 1
-    server = best.load.server_cpu / best.load.seconds
-    busy = best.load.machine_cpu / best.load.seconds
-    if busy >= 0.8 * cores:
-        limit = (
-            f"the {cores} cores are {100 * busy / cores:.0f}% busy (server {server:.2f}, load "
-            f"generator {best.bench_cores:.2f}, other processes {best.other_cores:.2f})"
-        )
-    else:
-        limit = f"the busiest worker uses {max(best.worker_cores, default=0.0):.2f} of a core"
-    return (
-        f"{best.algorithm.value}: CPU, not the HSM ({best.rate:.0f} certs/s is {share:.0f}% of "
-        f"the token's rate): {limit}, and the server spends {best.server_ms_per_cert:.1f} ms CPU "
-        f"per certificate, of which the HSM signature is {1000 / best.raw_rate:.2f} ms."
-    )
-
-
-def shared_connection_note(rows: Sequence[Row]) -> str | None:
-    """Say so when one shared connection left all workers but one idle."""
-    idle = [
-        r
-        for r in rows
-        if not r.phase.own_connections
-        and r.phase.workers > 1
-        and min(r.worker_cores, default=0.0) < 0.1
+    rss = run.rss_mb
+    return [
+        f"{run.algorithm} at {HEADLINE} connections: kubeca {kubeca.rate:.0f} certs/s "
+        f"(p99 {kubeca.p99_ms:.1f} ms, {kubeca.server_cpu_ms_per_cert:.2f} ms CPU/cert), "
+        f"cfssl {peer.rate:.0f} certs/s (p99 {peer.p99_ms:.1f} ms, "
+        f"{peer.server_cpu_ms_per_cert:.2f} ms CPU/cert)",
+        f"  kubeca/cfssl throughput {kubeca.rate / peer.rate:.2f}, CPU per cert "
+        f"{cpu_ratio:.1f}x; raw HSM {run.raw[1]:.0f} signs/s in 1 process, "
+        f"{run.raw.get(2, float('nan')):.0f} in 2: kubeca is {100 * kubeca.rate / raw:.0f}% "
+        f"of the raw rate in {min(WORKERS, max(run.raw))} process(es)",
+        "  peak RSS MB: kubeca workers "
+        + "/".join(f"{mb:.0f}" for mb in rss["kubeca"])
+        + ", cfssl "
+        + "/".join(f"{mb:.0f}" for mb in rss["cfssl"]),
     ]
-    if not idle:
-        return None
-    cores = ", ".join("/".join(f"{c:.2f}" for c in r.worker_cores) for r in idle)
-    return (
-        f"one shared connection: worker cores {cores}: every request went to one worker "
-        "(SO_REUSEPORT balances connections, not requests)."
-    )
 
 
-def other_load_note(rows: Sequence[Row]) -> str | None:
-    """Name the rows during which something else on the machine took CPU."""
-    disturbed = [r for r in rows if r.other_cores >= 0.25]
-    if not disturbed:
-        return None
-    which = "; ".join(
-        f"{r.algorithm.value}, {_describe(r.phase)} ({r.other_cores:.2f} cores)" for r in disturbed
-    )
-    return (
-        f"other processes took CPU during {which}: those rows understate what this "
-        "machine does when otherwise idle."
-    )
+def plot(runs: Sequence[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
+    for axis, run in zip(axes[0], runs, strict=True):
+        for server, style in (("kubeca", "o-"), ("cfssl", "s--")):
+            phases = [p for p in run.phases if p.server == server]
+            axis.plot(
+                [p.connections for p in phases], [p.rate for p in phases], style, label=server
+            )
+        axis.axhline(run.raw[1], color="grey", linestyle=":", label="raw HSM, 1 process")
+        if 2 in run.raw:
+            axis.axhline(run.raw[2], color="black", linestyle=":", label="raw HSM, 2 processes")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(CONCURRENCY), [str(c) for c in CONCURRENCY])
+        axis.set_xlabel("concurrent connections")
+        # Log scale: the raw HSM rate can be ten times either server's.
+        axis.set_yscale("log")
+        axis.set_ylabel("certificates / s (log)")
+        axis.set_title(f"{run.algorithm} CA key")
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main() -> int:
-    cores = os.cpu_count()
-    print(f"kubeca issuance benchmark: profile {PROFILE!r}, ECDSA-P256 leaf CSRs, {cores} cores")
+    began = time.monotonic()
+    loadgen.build()
     print(
-        f"each phase: {MAX_REQUESTS} requests or {MAX_PHASE_SECONDS:.0f} s, whichever first; "
-        f"HSM raw rate: {RAW_SIGN_SECONDS:.0f} s of signing in one process and thread, server "
-        "stopped (each worker process has its own)",
+        f"kubeca bench: profile {PROFILE!r}, one P-256 leaf CSR, {os.cpu_count()} cores, "
+        f"kubeca with {WORKERS} worker(s); connections {', '.join(map(str, CONCURRENCY))}",
         flush=True,
     )
-    # One more than the phase needs: the first one is the untimed warm-up request.
-    csrs = make_csrs(MAX_REQUESTS + 1)
-    rows = [row for algorithm in CA_ALGORITHMS for row in benchmark_algorithm(algorithm, csrs)]
+    csr = build_csr(generate_private_key(KeyAlgorithm.ECDSA_P256))
+    x509.load_pem_x509_csr(csr)  # what both servers get must be a well-formed CSR
+    runs = [bench_algorithm(algorithm, csr) for algorithm in CA_ALGORITHMS]
     print()
-    print(table(rows))
+    print(table(runs))
     print()
-    for algorithm in CA_ALGORITHMS:
-        print("bound: " + bound_note([r for r in rows if r.algorithm is algorithm]))
-    for note in (shared_connection_note(rows), other_load_note(rows)):
-        if note is not None:
-            print("note: " + note)
-    failed = [e for r in rows for e in r.load.errors]
-    if failed:
-        print(f"\n{len(failed)} request(s) failed; first: {failed[0]}")
-        return 1
-    return 0
+    for run in runs:
+        print("\n".join(summary(run)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(runs, RESULTS / "throughput.png")
+    (RESULTS / "results.json").write_text(
+        json.dumps([{**asdict(r), "phases": [asdict(p) for p in r.phases]} for r in runs], indent=1)
+    )
+    print(f"\nplot: {RESULTS / 'throughput.png'}; numbers: {RESULTS / 'results.json'}")
+    print(f"took {time.monotonic() - began:.0f} s")
+    if any(p.other_cores >= 0.25 for r in runs for p in r.phases):
+        print("note: other processes took CPU during some phases (other cores column)")
+    failed = [p for r in runs for p in r.phases if p.errors]
+    for p in failed:
+        print(f"{p.server} {p.algorithm} c={p.connections}: {p.errors} errors; {p.first_error}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -111,17 +111,22 @@ class TLSEndpoint:
         return self._context
 
     def start(self, cert: Path, key: Path, client_ca: Path) -> TLSEndpoint:
+        self.reload(cert, key, client_ca)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def reload(self, cert: Path, key: Path, client_ca: Path) -> None:
+        """Read the files again, as a restarted kube-apiserver would: new connections
+        get the new certificate and client CA, on the same port."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(cert, key)
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=client_ca)
         self._context = context
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
         if self._thread is not None:

@@ -44,6 +44,13 @@ class IssuedCertificate:
     fingerprint_sha256: str
     authority: str
     reused: bool = False
+    # The CA's trust bundle (old and new during a rotation): what CA files should hold.
+    ca_bundle_pem: str = ""
+
+    @property
+    def trust_pem(self) -> str:
+        """The bundle, or the signing CA alone from a server that sends no bundle."""
+        return self.ca_bundle_pem or self.ca_certificate_pem
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -62,6 +69,16 @@ class CACertificate:
     certificate_pem: str
     ca_cert_hash: str
     not_after: datetime
+    bundle_pem: str = ""  # every published generation, the issuing one first
+    issuing_key_id: str = ""  # hex SubjectKeyIdentifier of the issuing generation
+    cross_certificate_pem: str = ""
+    key_provenance: str = ""  # "generated" or "imported"
+
+    @property
+    def trust_pem(self) -> str:
+        """What a CA file should hold: the bundle (the issuing certificate from a
+        server that sends none)."""
+        return self.bundle_pem or self.certificate_pem
 
 
 @dataclass(frozen=True)
@@ -301,6 +318,7 @@ class Client:
             fingerprint_sha256=r.fingerprint_sha256,
             authority=r.authority,
             reused=r.reused,
+            ca_bundle_pem=r.ca_bundle_pem,
         )
         _check_issued(csr, issued)
         return issued
@@ -313,7 +331,16 @@ class Client:
                 metadata=self._metadata,
             )
         return [
-            CACertificate(a.authority, a.certificate_pem, a.ca_cert_hash, _utc(a.not_after))
+            CACertificate(
+                a.authority,
+                a.certificate_pem,
+                a.ca_cert_hash,
+                _utc(a.not_after),
+                a.bundle_pem,
+                a.issuing_key_id,
+                a.cross_certificate_pem,
+                a.key_provenance,
+            )
             for a in r.authorities
         ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +30,9 @@ class Row:
     authority: str  # kubeadm's name: ca, etcd-ca, front-proxy-ca
     externally_managed: bool
     missing: bool = False
+    # For a CA file: every certificate in it (a rotation's bundle holds old and new),
+    # as (hex SubjectKeyIdentifier, NotAfter ISO 8601), in file order.
+    bundle: tuple[tuple[str, str], ...] = ()
 
 
 def short_duration(delta: timedelta) -> str:
@@ -57,6 +60,23 @@ def _load(path: Path) -> x509.Certificate | None:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return None
+
+
+def _load_bundle(path: Path) -> tuple[tuple[str, str], ...]:
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError):
+        return ()
+    return tuple((_ski(c), c.not_valid_after_utc.isoformat()) for c in certificates)
+
+
+def _ski(certificate: x509.Certificate) -> str:
+    try:
+        return certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest.hex()
 
 
 def _kubeconfig_cert(path: Path) -> x509.Certificate | None:
@@ -124,7 +144,10 @@ def scan(root: Path, now: datetime) -> tuple[list[Row], list[Row]]:
             ),
         ]
     authorities = [
-        _row(ca.name, _load(root / "pki" / f"{ca.base}.crt"), "", external[ca.authority], now)
+        replace(
+            _row(ca.name, _load(root / "pki" / f"{ca.base}.crt"), "", external[ca.authority], now),
+            bundle=_load_bundle(root / "pki" / f"{ca.base}.crt"),
+        )
         for ca in CA_FILES
     ]
     return certificates, [a for a in authorities if not a.missing]
@@ -154,6 +177,14 @@ def render_text(certificates: list[Row], authorities: list[Row]) -> str:
     )
     for r in authorities:
         lines.append(f"{r.name:<24}{_when(r):<25}{r.residual:<16}{yes_no[r.externally_managed]}")
+    bundles = [r for r in authorities if len(r.bundle) > 1]
+    if bundles:
+        lines.append("")
+        lines.append("CA BUNDLES (a rotation is under way: each file trusts all of these)")
+        for r in bundles:
+            for key_id, expires in r.bundle:
+                when = datetime.fromisoformat(expires).strftime("%b %d, %Y %H:%M UTC")
+                lines.append(f"{r.name:<24}key {key_id[:16]}  expires {when}")
     return "\n".join(lines) + "\n"
 
 

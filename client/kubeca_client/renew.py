@@ -22,6 +22,7 @@ from kubeca_client.slots import (
     prepare_root,
     read_manifest,
     renewal_due,
+    signed_by_old_generation,
 )
 
 
@@ -85,7 +86,11 @@ def renew_layout(
             problems.append(f"{slot.name}: its certificate or key cannot be read")
             continue
         certificate, key = pair
-        if not renewal_due(certificate, moment, within):
+        ca = cas[slot.authority]
+        rotated = signed_by_old_generation(certificate, ca.issuing_key_id) or slot.stale_trust(
+            root, ca.bundle_pem
+        )
+        if not rotated and not renewal_due(certificate, moment, within):
             report.unchanged.append(slot.name)
             continue
         if required[slot.profile] - set(slot.parameters):

@@ -102,6 +102,18 @@ class Slot:
             return None
         return certificate, key
 
+    def stale_trust(self, root: Path, bundle_pem: str) -> bool:
+        """True for a kubeconfig whose certificate-authority-data is not ``bundle_pem``
+        (a CA rotation began or finished): rewriting it is how the bundle reaches it."""
+        if self.kubeconfig is None or not bundle_pem:
+            return False
+        path = self.kubeconfig.path(root)
+        try:
+            data = decode_field(read_kubeconfig(path), "certificate-authority-data", path)
+        except (OSError, ValueError, InvalidArgument):
+            return True
+        return data != bundle_pem.encode()
+
     def writes(
         self, root: Path, issued: IssuedCertificate, key_pem: bytes, new_key: bool
     ) -> list[Write]:
@@ -115,7 +127,7 @@ class Slot:
         config = Kubeconfig(
             server=self.server,
             user=self.user,
-            ca_pem=issued.ca_certificate_pem.encode(),
+            ca_pem=issued.trust_pem.encode(),
             cert_pem=issued.certificate_pem.encode(),
             key_pem=key_pem,
         )
@@ -220,6 +232,18 @@ def renewal_due(certificate: x509.Certificate, now: datetime, within: timedelta 
     return now >= not_after - within
 
 
+def signed_by_old_generation(certificate: x509.Certificate, issuing_key_id: str) -> bool:
+    """True when ``certificate`` names an issuer key that no longer issues (its CA was
+    rotated): such a leaf is renewed whatever its expiry, so the old CA can be retired."""
+    if not issuing_key_id:
+        return False
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return False
+    return aki.key_identifier is not None and aki.key_identifier.hex() != issuing_key_id
+
+
 def valid_pair(
     pair: tuple[x509.Certificate, PrivateKey] | None, ca: x509.Certificate
 ) -> x509.Certificate | None:
@@ -283,7 +307,7 @@ def _ca_writes(
     writes = []
     for authority in sorted(set(authorities)):
         path = root / "pki" / f"{CA_BY_AUTHORITY[authority].base}.crt"
-        pem = cas[authority].certificate_pem.encode()
+        pem = cas[authority].trust_pem.encode()
         if not path.exists() or path.read_bytes() != pem:
             writes.append(Write(path, pem, PUBLIC))
     return writes

@@ -223,7 +223,18 @@ def start_worker(config: ServerConfig, reuse_port: bool, serve_socket: bool = Tr
         handlers = CAHandlers(
             core.pipeline, core.registry, core.inventory, core.tokens, core.crls, metrics
         )
-        maintenance = Maintenance(core.registry, core.crls, core.ledger, metrics, core.clock)
+        watch = lifecycle.GenerationWatch(
+            config,
+            core.backend,
+            core.ledger.store,
+            Linter(),
+            core.registry,
+            core.clock,
+            core.keys.ensure,
+        )
+        maintenance = Maintenance(
+            core.registry, core.crls, core.ledger, metrics, core.clock, watch=watch
+        )
         maintenance.run_once()
         health.start()
         maintenance.start()

@@ -8,6 +8,7 @@ variable the config names.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -62,6 +63,37 @@ def _parser() -> argparse.ArgumentParser:
         "outside the state directory being checked",
     )
     audit_actions.add_parser("checkpoint", help="sign the chain's head now (HSM)")
+
+    ca = commands.add_parser("ca", help="CA lifecycle: adopt an existing PKI, rotate, status")
+    ca_actions = ca.add_subparsers(dest="action", required=True)
+    importing = ca_actions.add_parser(
+        "import",
+        help="put an existing cluster's CA keys into the HSM (before init; never replaces a key)",
+    )
+    source = importing.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="directory", type=Path, help="a kubeadm pki directory")
+    source.add_argument("--authority", help="one authority, with --cert and --key")
+    importing.add_argument("--cert", type=Path, help="its CA certificate (PEM; sa.pub for sa)")
+    importing.add_argument("--key", type=Path, help="its private key (PEM)")
+    passphrase = importing.add_mutually_exclusive_group()
+    passphrase.add_argument("--passphrase-file", type=Path, help="file holding the passphrase")
+    passphrase.add_argument("--passphrase-env", help="environment variable holding it")
+    rotate = ca_actions.add_parser("rotate", help="rotate a CA in three steps")
+    steps = rotate.add_subparsers(dest="step", required=True)
+    for step, text in (
+        ("begin", "a new key generation, trusted beside the old one, which still issues"),
+        ("switch", "the new generation issues; the old stays trusted"),
+        ("finish", "the old generation is no longer trusted or published"),
+    ):
+        parser_step = steps.add_parser(step, help=text)
+        parser_step.add_argument("--authority", required=True, help="e.g. etcd-ca")
+        if step == "finish":
+            parser_step.add_argument(
+                "--force",
+                action="store_true",
+                help="retire even while unexpired leaves of the old generation exist",
+            )
+    ca_actions.add_parser("status", help="each CA's generations, leaves and expiry")
 
     serve = commands.add_parser("serve", help="serve the gRPC API")
     serve.add_argument(
@@ -142,6 +174,49 @@ def _credentials(config: ServerConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    """From a file or the environment, never argv (it would show in ps)."""
+    if args.passphrase_file is not None:
+        try:
+            data: bytes = args.passphrase_file.read_bytes()
+            return data.rstrip(b"\r\n")
+        except OSError as exc:
+            raise InvalidArgument(
+                f"--passphrase-file: {args.passphrase_file} cannot be read ({exc.strerror})"
+            ) from None
+    if args.passphrase_env is not None:
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise InvalidArgument(f"--passphrase-env: {args.passphrase_env} is not set")
+        return value.encode()
+    return None
+
+
+def _ca(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server import verbs
+
+    if args.action == "import":
+        if args.authority is not None and (args.cert is None or args.key is None):
+            raise InvalidArgument("--authority needs --cert and --key")
+        if args.directory is not None and (args.cert is not None or args.key is not None):
+            raise InvalidArgument("--from takes the whole directory; leave out --cert and --key")
+        lines = verbs.import_authorities(
+            config,
+            directory=args.directory,
+            authority=args.authority,
+            cert=args.cert,
+            key=args.key,
+            passphrase=_passphrase(args),
+        )
+    elif args.action == "rotate":
+        lines = [verbs.rotate(config, args.step, args.authority, getattr(args, "force", False))]
+    else:
+        lines = verbs.ca_status(config)
+    for line in lines:
+        print(line)
+    return 0
+
+
 def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
     from kubeca_server.process import serve
 
@@ -156,6 +231,7 @@ COMMANDS = {
     "migrate": _migrate,
     "audit": _audit,
     "credentials": _credentials,
+    "ca": _ca,
     "serve": _serve,
 }
 

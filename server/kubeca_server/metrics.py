@@ -86,6 +86,25 @@ class Metrics:
             ["authority"],
             multiprocess_mode="livemin",
         )
+        self._generation_expiry = Gauge(
+            "kubeca_ca_generation_expiry_seconds",
+            "Seconds until each published CA generation's certificate expires",
+            ["authority", "generation"],
+            multiprocess_mode="livemin",
+        )
+        self._expiring = Gauge(
+            "kubeca_ca_expiring",
+            "1 while a published generation of the CA expires within a year (rotate it)",
+            ["authority"],
+            multiprocess_mode="livemax",
+        )
+        self._imported = Gauge(
+            "kubeca_ca_key_imported",
+            "1 when the issuing generation's key was imported (copies may exist outside "
+            "the HSM), 0 when it was generated in the HSM",
+            ["authority"],
+            multiprocess_mode="livemax",
+        )
 
     def issued(self, profile: str, authority: str, reused: bool) -> None:
         if not self.enabled:
@@ -114,3 +133,15 @@ class Metrics:
     def ca_expiry(self, authority: str, seconds: float) -> None:
         if self.enabled:
             self._ca_expiry.labels(authority).set(seconds)
+
+    def ca_generation(self, authority: str, generation: int, seconds: float) -> None:
+        if self.enabled:
+            self._generation_expiry.labels(authority, str(generation)).set(seconds)
+
+    def ca_expiring(self, authority: str, expiring: bool) -> None:
+        if self.enabled:
+            self._expiring.labels(authority).set(1 if expiring else 0)
+
+    def ca_provenance(self, authority: str, imported: bool) -> None:
+        if self.enabled:
+            self._imported.labels(authority).set(1 if imported else 0)

@@ -7,7 +7,7 @@ thing, and closes it again; the CLI maps their errors to exit codes.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -16,24 +16,30 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from kubeca_client.authorities import SERVICE_CA
-from kubeca_client.errors import ConfigError
+from kubeca_client.errors import ConfigError, InvalidArgument, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 from kubeca_client.keys import spki_der, spki_hash
+from kubeca_client.text import clip
 
 from kubeca_server.app import close_ledger, open_backend, open_core, open_ledger, utc_now
-from kubeca_server.ca import lifecycle, signing_key
+from kubeca_server.ca import adopt, lifecycle, signing_key
 from kubeca_server.ca.authority import CertificateAuthority
 from kubeca_server.ca.lint import Linter
+from kubeca_server.ca.rotation import Rotation, key_id_hex
 from kubeca_server.ca.service_tls import ensure_server_certificate, issue_operator_credentials
 from kubeca_server.config import ServerConfig
-from kubeca_server.ledger.audit import Entry
+from kubeca_server.keys import KeyBackend
+from kubeca_server.ledger.audit import Entry, Ledger
 from kubeca_server.ledger.chain import ChainRow, Checkpoint
 from kubeca_server.ledger.checkpoints import checkpoint
 from kubeca_server.ledger.verify import InventoryEntry, Verification, check_mirror, verify
+from kubeca_server.maintenance import EXPIRY_WARNING
 from kubeca_server.profiles import OPERATOR
 from kubeca_server.store import CertificateRow, InventoryCursor, InventoryQuery, Store
 from kubeca_server.store.changes import AddCertificate
 from kubeca_server.store.factory import open_store
+from kubeca_server.store.records import GenerationRow, GenerationState, KeyKind
+from kubeca_server.store.roles import UnitOfWork
 
 CHAIN_PAGE = 5000
 
@@ -238,3 +244,177 @@ def _pem_fingerprint(pem: str) -> str:
     except ValueError:
         return "unreadable"
     return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+# --- CA lifecycle: import, rotate, status -------------------------------------------------
+
+
+def _known_authorities(config: ServerConfig, ledger: Ledger) -> list[str]:
+    """The authorities this kubeca serves: its config's and any the store holds
+    generations of (the service-account key, once it is modelled as generations)."""
+    return sorted(set(config.authorities) | set(lifecycle.generation_rows(ledger.store)))
+
+
+def import_authorities(
+    config: ServerConfig,
+    *,
+    directory: Path | None,
+    authority: str | None,
+    cert: Path | None,
+    key: Path | None,
+    passphrase: bytes | None,
+) -> list[str]:
+    """``ca import``: check everything, then put each key into the token."""
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    backend = open_backend(config)
+    try:
+        ledger = open_ledger(config, migrate=True)
+        try:
+            known = _known_authorities(config, ledger)
+            now = utc_now()
+            notes: list[str] = []
+            try:
+                if directory is not None:
+                    candidates, notes = adopt.kubeadm_candidates(directory, passphrase, known, now)
+                else:
+                    assert authority is not None and cert is not None and key is not None
+                    if authority not in known:
+                        raise InvalidArgument(
+                            f"--authority: no authority named {authority[:64]!r} (known: "
+                            f"{', '.join(known)})"
+                        )
+                    candidates = [
+                        adopt.check_service_account(cert, key, passphrase)
+                        if authority == adopt.SERVICE_ACCOUNT
+                        else adopt.check_pair(authority, cert, key, passphrase, now)
+                    ]
+                lines = adopt.import_candidates(candidates, backend, ledger, utc_now)
+            except KubecaError as exc:
+                source = str(directory) if directory is not None else f"{cert} {key}"
+                _record_refusal(
+                    ledger,
+                    "ca.import.refused",
+                    {"source": clip(source, 256), "authority": clip(authority or "", 64)},
+                    exc,
+                )
+                raise
+        finally:
+            close_ledger(ledger)
+    finally:
+        backend.close()
+    return [
+        *lines,
+        *notes,
+        f"next: 'kubeca-server --config {config.path} init' creates what is still missing "
+        "(the service CA) and keeps what was imported",
+        *adopt.destroy_advice(candidates),
+    ]
+
+
+def _record_refusal(
+    ledger: Ledger, event: str, fields: dict[str, object], exc: KubecaError
+) -> None:
+    """An operator's refused lifecycle step is audited like a refused request: the
+    reason (bounded), never the key material or a passphrase."""
+    ledger.commit(
+        Entry(
+            event,
+            {
+                **fields,
+                "outcome": "refused",
+                "status": exc.status,
+                "reason": clip(exc.message, 300),
+            },
+            "warning",
+        )
+    )
+
+
+def rotate(config: ServerConfig, step: str, authority: str, force: bool = False) -> str:
+    """``ca rotate begin|switch|finish``: one step, audited; running workers follow."""
+    backend = open_backend(config)
+    try:
+        ledger = open_ledger(config)
+        try:
+            rotation = Rotation(config, backend, ledger, Linter(), utc_now)
+            try:
+                if step == "begin":
+                    line = rotation.begin(authority)
+                elif step == "switch":
+                    line = rotation.switch(authority)
+                else:
+                    line = rotation.finish(authority, force)
+            except KubecaError as exc:
+                _record_refusal(
+                    ledger,
+                    "ca.rotation.refused",
+                    {"step": step, "authority": clip(authority, 64), "forced": force},
+                    exc,
+                )
+                raise
+            if authority in config.authorities:
+                authorities = lifecycle.load(config, backend, ledger.store, Linter(), utc_now)
+                lifecycle.publish_bundles(config, authorities)
+                if authority == SERVICE_CA:
+                    # The server's own TLS certificate follows the service CA's issuing
+                    # generation; listeners read it (and the bundle) when they start.
+                    tls = ensure_server_certificate(config, authorities[SERVICE_CA])
+                    line += f"\n{tls}; restart the servers to serve it"
+            return line
+        finally:
+            close_ledger(ledger)
+    finally:
+        backend.close()
+
+
+def ca_status(config: ServerConfig) -> list[str]:
+    """``ca status``: each authority's generations, which issues, what each signed that
+    is still valid, and when each expires (a warning from a year before)."""
+    backend = open_backend(config)
+    try:
+        store = open_store(config.store, read_only=True)
+        try:
+            rows = lifecycle.generation_rows(store)
+            now = utc_now()
+            lines: list[str] = []
+            with store.unit(read_only=True) as unit:
+                for name in sorted(rows):
+                    stage = (
+                        "rotation under way"
+                        if any(r.state is GenerationState.TRUSTED for r in rows[name])
+                        else "steady"
+                    )
+                    lines.append(f"{name} ({stage}):")
+                    for row in rows[name]:
+                        lines.append("  " + generation_line(row, unit, backend, now))
+        finally:
+            store.close()
+    finally:
+        backend.close()
+    return lines
+
+
+def generation_line(
+    row: GenerationRow, unit: UnitOfWork, backend: KeyBackend, now: datetime
+) -> str:
+    facts = backend.key_facts(row.key_label)
+    if facts is None:
+        key = "key MISSING from the token"
+    elif facts.generated_inside:
+        key = "key generated in the HSM"
+    else:
+        key = "key imported (not always sensitive: copies may exist outside the HSM)"
+    text = f"generation {row.generation}: {row.state.value}, {key}"
+    if row.kind is KeyKind.CA:
+        certificate = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        not_after = certificate.not_valid_after_utc
+        signed = unit.inventory.count_unexpired(row.authority, key_id_hex(row), now)
+        text += f", {sum(signed.values())} unexpired leaves, expires {not_after:%Y-%m-%d}"
+        if row.state is not GenerationState.RETIRED and not_after - now < EXPIRY_WARNING:
+            text += (
+                f" WARNING: expires in {(not_after - now).days} days; rotate it "
+                f"(kubeca-server ca rotate begin --authority {row.authority})"
+            )
+        if row.cross_certificate_pem:
+            text += ", cross-signed by the generation before"
+    return text

@@ -597,11 +597,43 @@ def test_ca_generations_are_kept_and_change_state(store: Store) -> None:
         unit.generations.add(first)
     with store.unit() as unit:
         assert unit.generations.all() == [first, second]
-        unit.generations.set_state("etcd-ca", 2, GenerationState.ISSUING)
-        unit.generations.set_state("etcd-ca", 1, GenerationState.TRUSTED)
+        unit.generations.set_state("etcd-ca", 2, GenerationState.ISSUING, T0)
+        unit.generations.set_state("etcd-ca", 1, GenerationState.TRUSTED, T0)
     with store.unit(read_only=True) as unit:
         states = [(g.generation, g.state) for g in unit.generations.all()]
     assert states == [(1, GenerationState.TRUSTED), (2, GenerationState.ISSUING)]
+
+
+def test_a_generation_keeps_its_cross_certificate_and_state_change_time(store: Store) -> None:
+    later = T0 + timedelta(hours=3)
+    row = GenerationRow(
+        "kubernetes-ca",
+        2,
+        "kubeca/kubernetes-ca/2",
+        "PEM2",
+        GenerationState.TRUSTED,
+        Provenance.GENERATED,
+        T0,
+        cross_certificate_pem="CROSS",
+    )
+    with store.unit() as unit:
+        unit.generations.add(row)
+    with store.unit(read_only=True) as unit:
+        (kept,) = unit.generations.all()
+    assert kept.cross_certificate_pem == "CROSS"
+    assert kept.state_changed_at is None
+    with store.unit() as unit:
+        unit.generations.set_state("kubernetes-ca", 2, GenerationState.ISSUING, later)
+    with store.unit(read_only=True) as unit:
+        (changed,) = unit.generations.all()
+    assert changed.state is GenerationState.ISSUING
+    assert changed.state_changed_at == later
+    assert changed.cross_certificate_pem == "CROSS"
+
+
+def test_changing_the_state_of_a_missing_generation_is_refused(store: Store) -> None:
+    with pytest.raises(NotFound), store.unit() as unit:
+        unit.generations.set_state("etcd-ca", 9, GenerationState.RETIRED, T0)
 
 
 def test_a_store_that_answers_passes_its_probe(store: Store) -> None:

@@ -95,6 +95,11 @@ def test_ca_expiry_is_reported_per_ca_in_seconds(
     for authority in ("kubernetes-ca", "etcd-ca", "front-proxy-ca", "kubeca-service-ca"):
         left = samples[f'kubeca_ca_expiry_seconds{{authority="{authority}"}}']
         assert 3649 * 86400 < left <= 3650 * 86400
+        labels = f'authority="{authority}"'
+        generation = samples[f'kubeca_ca_generation_expiry_seconds{{{labels},generation="1"}}']
+        assert 3649 * 86400 < generation <= 3650 * 86400
+        assert samples[f"kubeca_ca_expiring{{{labels}}}"] == 0  # ten years left
+        assert samples[f"kubeca_ca_key_imported{{{labels}}}"] == 0  # made in the HSM
 
 
 def _wait_for(url: str, name: str, value: float, timeout: float = 40) -> None:

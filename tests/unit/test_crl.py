@@ -85,7 +85,7 @@ def test_a_crl_never_replaces_a_newer_one_on_disk(world: World) -> None:
     second = publisher.publish("etcd-ca")
     assert second.number > first.number
     # A slower worker's older CRL arrives last: it must not win.
-    publisher._write_if_newer("etcd-ca", first.der, first.number)
+    publisher._write_if_newer(publisher.path("etcd-ca"), first.der, first.number)
     assert number_of(publisher.path("etcd-ca").read_bytes()) == second.number
 
 

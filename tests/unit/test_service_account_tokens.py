@@ -177,6 +177,7 @@ def test_rotation_keeps_published_keys_valid_and_unpublished_ones_not(tmp_path: 
             change=SetGenerationStates(
                 SERVICE_ACCOUNT_KEY,
                 ((1, GenerationState.TRUSTED), (2, GenerationState.ISSUING)),
+                NOW,
             ),
         )
     )
@@ -191,7 +192,7 @@ def test_rotation_keeps_published_keys_valid_and_unpublished_ones_not(tmp_path: 
         Entry(
             "ca.rotated",
             {},
-            change=SetGenerationStates(SERVICE_ACCOUNT_KEY, ((1, GenerationState.RETIRED),)),
+            change=SetGenerationStates(SERVICE_ACCOUNT_KEY, ((1, GenerationState.RETIRED),), NOW),
         )
     )
     published = signer.published()

@@ -79,6 +79,18 @@ def cmd_ca(args: argparse.Namespace) -> int:
     for ca in authorities:
         if args.hash:
             print(f"{ca.authority} {ca.ca_cert_hash}")
+        elif args.info:
+            key = ca.key_provenance or "unknown"
+            note = " (existed outside the HSM once: rotate it)" if key == "imported" else ""
+            print(
+                f"{ca.authority}: issuing key {ca.issuing_key_id} {key}{note}, "
+                f"{ca.trust_pem.count('BEGIN CERTIFICATE')} in the bundle, "
+                f"expires {ca.not_after:%Y-%m-%d}"
+            )
+        elif args.bundle:
+            sys.stdout.write(ca.trust_pem)
+        elif args.cross:
+            sys.stdout.write(ca.cross_certificate_pem)
         else:
             sys.stdout.write(ca.certificate_pem)
     return 0
@@ -146,7 +158,23 @@ def add_commands(commands: Any) -> None:
 
     ca = commands.add_parser("ca", help="print the CA certificates (PEM)")
     ca.add_argument("--authority", help="kubernetes-ca, etcd-ca or front-proxy-ca")
-    ca.add_argument("--hash", action="store_true", help="print kubeadm-style SPKI hashes instead")
+    shown = ca.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--hash", action="store_true", help="print kubeadm-style SPKI hashes instead"
+    )
+    shown.add_argument(
+        "--bundle",
+        action="store_true",
+        help="the trust bundle: every generation the CA publishes (old and new in a rotation)",
+    )
+    shown.add_argument(
+        "--cross",
+        action="store_true",
+        help="the issuing CA certificate cross-signed by the generation before it, if any",
+    )
+    shown.add_argument(
+        "--info", action="store_true", help="issuing key, its provenance, bundle size, expiry"
+    )
     ca.set_defaults(run=cmd_ca)
 
     profiles = commands.add_parser("profiles", help="list the profiles the service issues")

@@ -83,6 +83,7 @@ class CAHandlers:
         return pb.IssueCertificateResponse(
             certificate_pem=issued.certificate_pem,
             ca_certificate_pem=issued.generation.certificate_pem,
+            ca_bundle_pem=self._registry.get(issued.generation.authority).bundle_pem,
             serial=issued.serial_hex,
             not_before=messages.timestamp(certificate.not_valid_before_utc),
             not_after=messages.timestamp(certificate.not_valid_after_utc),
@@ -107,6 +108,10 @@ class CAHandlers:
                     certificate_pem=ca.issuing.certificate_pem,
                     ca_cert_hash=ca.issuing.ca_cert_hash,
                     not_after=messages.timestamp(ca.issuing.not_after),
+                    bundle_pem=ca.bundle_pem,
+                    issuing_key_id=ca.issuing.key_id_hex,
+                    cross_certificate_pem=ca.issuing.cross_certificate_pem,
+                    key_provenance=ca.issuing.provenance.value,
                 )
                 for ca in authorities
             ]

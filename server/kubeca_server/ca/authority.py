@@ -55,6 +55,8 @@ class Generation:
     signer: Signer
     state: GenerationState
     provenance: Provenance
+    # This generation's certificate signed by the one before it (rotation), or "".
+    cross_certificate_pem: str = ""
 
     @property
     def certificate_pem(self) -> str:

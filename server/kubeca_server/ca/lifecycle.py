@@ -22,6 +22,7 @@ from kubeca_client.keys import algorithm_of, spki_der
 
 from kubeca_server.ca.authority import CertificateAuthority, Generation
 from kubeca_server.ca.lint import Linter
+from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.signer import Signer
 from kubeca_server.config import AuthorityConfig, ServerConfig
 from kubeca_server.keys import CAPrivateKey, KeyBackend
@@ -210,8 +211,17 @@ def load(
 ) -> dict[str, CertificateAuthority]:
     """Every CA, checked: in the store, each certificate a CA bound to its HSM key, and
     the issuing generation current."""
-    rows = generation_rows(store)
-    now = clock()
+    return _build(config, backend, generation_rows(store), linter, clock(), before_signing)
+
+
+def _build(
+    config: ServerConfig,
+    backend: KeyBackend,
+    rows: Mapping[str, Sequence[GenerationRow]],
+    linter: Linter,
+    now: datetime,
+    before_signing: Callable[[], None],
+) -> dict[str, CertificateAuthority]:
     loaded: dict[str, CertificateAuthority] = {}
     for name in config.authorities:
         found = rows.get(name, [])
@@ -259,7 +269,61 @@ def _load_generation(
         Signer(key, linter, before_signing),
         row.state,
         row.provenance,
+        row.cross_certificate_pem,
     )
+
+
+def _fingerprint(rows: Mapping[str, Sequence[GenerationRow]]) -> tuple[object, ...]:
+    return tuple(
+        (r.authority, r.generation, r.state, r.certificate_pem)
+        for name in sorted(rows)
+        for r in rows[name]
+    )
+
+
+class GenerationWatch:
+    """Swaps the registry's snapshot when the store's generations change: a rotation
+    step taken by ``kubeca-server ca rotate`` (another process, maybe another host)
+    reaches every running worker without a restart. ``check`` costs one small read
+    while nothing changed; the HSM is asked for keys only when something did."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        backend: KeyBackend,
+        store: Store,
+        linter: Linter,
+        registry: CARegistry,
+        clock: Clock,
+        before_signing: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._before_signing = before_signing
+        self._config = config
+        self._backend = backend
+        self._store = store
+        self._linter = linter
+        self._registry = registry
+        self._clock = clock
+        self._seen = _fingerprint(generation_rows(store))
+
+    def check(self) -> bool:
+        """Reload if the generations changed; True when the snapshot was replaced."""
+        rows = generation_rows(self._store)
+        seen = _fingerprint(rows)
+        if seen == self._seen:
+            return False
+        self._registry.replace(
+            _build(
+                self._config,
+                self._backend,
+                rows,
+                self._linter,
+                self._clock(),
+                self._before_signing,
+            )
+        )
+        self._seen = seen
+        return True
 
 
 def publish_bundles(config: ServerConfig, authorities: Mapping[str, CertificateAuthority]) -> None:

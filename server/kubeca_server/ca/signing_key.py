@@ -248,7 +248,7 @@ class KeyRing:
         backend: KeyBackend,
         store: Store,
         clock: Clock,
-        recheck_seconds: float = 10.0,
+        recheck_seconds: float = 2.0,
     ) -> None:
         self._backend = backend
         self._store = store

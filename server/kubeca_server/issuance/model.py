@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
@@ -64,15 +65,17 @@ class IssuedCertificate:
     def authority(self) -> str:
         return self.generation.authority
 
-    @property
+    # Cached: the record, the inventory row and the answer each ask (frozen dataclasses
+    # allow it: cached_property writes the instance dict directly).
+    @cached_property
     def certificate_pem(self) -> str:
         return self.certificate.public_bytes(Encoding.PEM).decode()
 
-    @property
+    @cached_property
     def serial_hex(self) -> str:
         return format(self.certificate.serial_number, "x")
 
-    @property
+    @cached_property
     def fingerprint_sha256(self) -> str:
         return self.certificate.fingerprint(hashes.SHA256()).hex()
 

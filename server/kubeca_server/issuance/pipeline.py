@@ -71,12 +71,15 @@ class Permitted:
     sans: SubjectAltNames
     lifetime: timedelta
     fingerprint: str  # what makes two requests "the same"
+    # Read from the CSR once: the fingerprint, the records and the row all name them.
+    requested_subject: str
+    public_key_sha256: str
 
     def fields(self) -> dict[str, Any]:
         """What the decision learned, for its audit record."""
         return {
-            "requested_subject": clip(self.csr.subject.rfc4514_string(), 512),
-            "public_key_sha256": hashlib.sha256(spki_der(self.public_key)).hexdigest(),
+            "requested_subject": self.requested_subject,
+            "public_key_sha256": self.public_key_sha256,
             "request_fingerprint": self.fingerprint,
             **self.permit.fields(),
         }
@@ -173,6 +176,7 @@ class IssuancePipeline:
         if len(request.parameters) > MAX_PARAMETERS:
             raise InvalidArgument(f"at most {MAX_PARAMETERS} parameters are accepted")
         csr = parse_csr(request.csr)
+        requested_subject = clip(csr.subject.rfc4514_string(), 512)
         try:
             public_key = leaf_public_key(csr)
             inputs = parse_inputs(profile, request.parameters)
@@ -182,11 +186,21 @@ class IssuancePipeline:
         except KubecaError as exc:
             # The refusal's record still says what was asked for (an escalation attempt
             # shows its requested subject).
-            raise exc.in_context(
-                {"requested_subject": clip(csr.subject.rfc4514_string(), 512)}
-            ) from None
-        fingerprint = _fingerprint(caller, request, csr, public_key)
-        return Permitted(permit, profile, csr, public_key, inputs, sans, lifetime, fingerprint)
+            raise exc.in_context({"requested_subject": requested_subject}) from None
+        key_sha256 = hashlib.sha256(spki_der(public_key)).hexdigest()
+        fingerprint = _fingerprint(caller, request, requested_subject, key_sha256)
+        return Permitted(
+            permit,
+            profile,
+            csr,
+            public_key,
+            inputs,
+            sans,
+            lifetime,
+            fingerprint,
+            requested_subject,
+            key_sha256,
+        )
 
     def _lifetime(self, requested: timedelta | None, ceiling: timedelta) -> timedelta:
         if requested is None:
@@ -318,10 +332,7 @@ class IssuancePipeline:
 
 
 def _fingerprint(
-    caller: Caller,
-    request: IssueRequest,
-    csr: x509.CertificateSigningRequest,
-    public_key: LeafPublicKey,
+    caller: Caller, request: IssueRequest, requested_subject: str, public_key_sha256: str
 ) -> str:
     """What makes two requests "the same": who, which profile, which inputs, which key."""
     material = canonical(
@@ -329,8 +340,8 @@ def _fingerprint(
             "caller": caller.identity,
             "profile": request.profile,
             "parameters": dict(sorted(request.parameters.items())),
-            "requested_subject": clip(csr.subject.rfc4514_string(), 512),
-            "public_key_sha256": hashlib.sha256(spki_der(public_key)).hexdigest(),
+            "requested_subject": requested_subject,
+            "public_key_sha256": public_key_sha256,
             "lifetime_seconds": int(request.lifetime.total_seconds()) if request.lifetime else 0,
         }
     )

@@ -7,7 +7,7 @@ above build certificates with plain cryptography builders whatever holds the key
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from kubeca_server.keys.backend import CAPrivateKey, CAPublicKey, KeyBackend
+from kubeca_server.keys.backend import CAPrivateKey, CAPublicKey, KeyBackend, KeyFacts
 
 
 def signature_hash(key: CAPrivateKey | CAPublicKey) -> hashes.SHA256 | hashes.SHA384:
@@ -45,6 +45,7 @@ __all__ = [
     "CAPrivateKey",
     "CAPublicKey",
     "KeyBackend",
+    "KeyFacts",
     "sign_bytes",
     "signature_hash",
     "verify_signature",

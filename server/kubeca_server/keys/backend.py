@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -9,6 +10,23 @@ from kubeca_client.keys import KeyAlgorithm
 
 CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 CAPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """What the token says about a private key: the attributes that tell a key made
+    inside it (always sensitive, never extractable, local) from one imported."""
+
+    sensitive: bool
+    extractable: bool
+    always_sensitive: bool
+    never_extractable: bool
+    local: bool
+    sign_only: bool  # CKA_SIGN, and none of DECRYPT, UNWRAP, DERIVE
+
+    @property
+    def generated_inside(self) -> bool:
+        return self.always_sensitive and self.never_extractable and self.local
 
 
 class KeyBackend(Protocol):
@@ -21,6 +39,14 @@ class KeyBackend(Protocol):
 
     def create_key(self, label: str, algorithm: KeyAlgorithm) -> CAPrivateKey:
         """Generate a new key; it must not exist yet. Never replaces a key."""
+
+    def import_key(self, label: str, key: CAPrivateKey) -> CAPrivateKey:
+        """Put an existing key into the backend as sensitive, non-extractable and
+        sign-only, with its public key; the label must be free. Returns the key as the
+        backend now holds it (the argument is not kept)."""
+
+    def key_facts(self, label: str) -> KeyFacts | None:
+        """The private key's attributes, or None when there is no such key."""
 
     def probe(self) -> None:
         """Raise ``Unavailable`` unless the backend can sign right now."""

@@ -26,18 +26,24 @@ import pkcs11
 import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+)
 from kubeca_client.errors import ConfigError, Unavailable
 from kubeca_client.keys import KeyAlgorithm
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.util import biginteger
 from pkcs11.util.ec import (
+    decode_ec_public_key,
     encode_ec_public_key,
-    encode_ecdsa_signature,
     encode_named_curve_parameters,
 )
 from pkcs11.util.rsa import encode_rsa_public_key
 
-from kubeca_server.keys.backend import CAPrivateKey
+from kubeca_server.keys.backend import CAPrivateKey, KeyFacts
 from kubeca_server.keys.hsm_key import HsmEcPrivateKey, HsmRsaPrivateKey
 
 log = structlog.get_logger("kubeca.hsm")
@@ -115,6 +121,42 @@ def _public_der(public: Any) -> tuple[KeyType, bytes]:
     if key_type == KeyType.RSA:
         return key_type, bytes(encode_rsa_public_key(public))
     raise ConfigError(f"unsupported key type {key_type!r} in the token")
+
+
+def _int_bytes(value: int) -> bytes:
+    return bytes(biginteger(value))
+
+
+def _import_templates(key: CAPrivateKey) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """The key's components as PKCS#11 attributes: (private, public)."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        numbers = key.private_numbers()
+        public_numbers = numbers.public_numbers
+        shared = {
+            Attribute.KEY_TYPE: KeyType.RSA,
+            Attribute.MODULUS: _int_bytes(public_numbers.n),
+            Attribute.PUBLIC_EXPONENT: _int_bytes(public_numbers.e),
+        }
+        private = {
+            **shared,
+            Attribute.PRIVATE_EXPONENT: _int_bytes(numbers.d),
+            Attribute.PRIME_1: _int_bytes(numbers.p),
+            Attribute.PRIME_2: _int_bytes(numbers.q),
+            Attribute.EXPONENT_1: _int_bytes(numbers.dmp1),
+            Attribute.EXPONENT_2: _int_bytes(numbers.dmq1),
+            Attribute.COEFFICIENT: _int_bytes(numbers.iqmp),
+        }
+        return private, dict(shared)
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    public = decode_ec_public_key(spki)
+    public.pop(Attribute.CLASS)
+    size = (key.curve.key_size + 7) // 8
+    private = {
+        Attribute.KEY_TYPE: KeyType.EC,
+        Attribute.EC_PARAMS: public[Attribute.EC_PARAMS],
+        Attribute.VALUE: key.private_numbers().private_value.to_bytes(size, "big"),
+    }
+    return private, public
 
 
 class Pkcs11Backend:
@@ -301,6 +343,75 @@ class Pkcs11Backend:
         log.info("hsm.key_generated", label=label, algorithm=algorithm.value)
         return self._wrap(label, key_type, der)
 
+    def import_key(self, label: str, key: CAPrivateKey) -> CAPrivateKey:
+        """C_CreateObject for the private key (sensitive, non-extractable, sign-only)
+        and its public key, under one label and CKA_ID. The token will say the truth
+        about such a key: not ALWAYS_SENSITIVE, not NEVER_EXTRACTABLE, not LOCAL."""
+        private_parts, public_parts = _import_templates(key)
+        identifier = key_id(label)
+        private_template = {
+            **private_parts,
+            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+            Attribute.DECRYPT: False,
+            Attribute.UNWRAP: False,
+            Attribute.DERIVE: False,
+            Attribute.LABEL: label,
+            Attribute.ID: identifier,
+        }
+        public_template = {
+            **public_parts,
+            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+            Attribute.TOKEN: True,
+            Attribute.VERIFY: True,
+            Attribute.ENCRYPT: False,
+            Attribute.WRAP: False,
+            Attribute.LABEL: label,
+            Attribute.ID: identifier,
+        }
+
+        def create(session: Any) -> tuple[KeyType, bytes]:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                if _objects(session, object_class, label):
+                    raise ConfigError(f"the token already holds a key labelled {label!r}")
+            private = session.create_object(private_template)
+            try:
+                public = session.create_object(public_template)
+            except pkcs11.exceptions.PKCS11Error:
+                # Never leave half a key behind: the next import would be refused.
+                private.destroy()
+                raise
+            return _public_der(public)
+
+        # Never retried: a first attempt may have stored the key before failing.
+        key_type, der = self._run(create, retry=False)
+        log.info("hsm.key_imported", label=label)
+        return self._wrap(label, key_type, der)
+
+    def key_facts(self, label: str) -> KeyFacts | None:
+        def read(session: Any) -> KeyFacts | None:
+            private = _one(session, ObjectClass.PRIVATE_KEY, label)
+            if private is None:
+                return None
+            return KeyFacts(
+                sensitive=bool(private[Attribute.SENSITIVE]),
+                extractable=bool(private[Attribute.EXTRACTABLE]),
+                always_sensitive=bool(private[Attribute.ALWAYS_SENSITIVE]),
+                never_extractable=bool(private[Attribute.NEVER_EXTRACTABLE]),
+                local=bool(private[Attribute.LOCAL]),
+                sign_only=bool(private[Attribute.SIGN])
+                and not any(
+                    bool(private[a])
+                    for a in (Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE)
+                ),
+            )
+
+        return self._run(read)
+
     def probe(self) -> None:
         def ping(session: Any) -> None:
             # C_GetTokenInfo fails once the token is gone. An object search would not:
@@ -344,7 +455,7 @@ class Pkcs11Backend:
                     )
                 )
                 self._on_sign(time.perf_counter() - started)
-                return bytes(encode_ecdsa_signature(raw))
+                return _der_ecdsa(raw)
 
             return HsmEcPrivateKey(label, public, sign_ec)
         if key_type == KeyType.RSA and isinstance(public, rsa.RSAPublicKey):
@@ -360,3 +471,12 @@ class Pkcs11Backend:
 
             return HsmRsaPrivateKey(label, public, sign_rsa)
         raise ConfigError(f"key {label!r} is of an unsupported type")
+
+
+def _der_ecdsa(raw: bytes) -> bytes:
+    """PKCS#11's r || s as the DER X.509 wants. cryptography's encoder, not asn1crypto's
+    (pkcs11.util.ec): on every certificate, ten times faster."""
+    half = len(raw) // 2
+    return encode_dss_signature(
+        int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    )

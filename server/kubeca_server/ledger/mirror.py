@@ -86,6 +86,10 @@ class Mirror:
                     self._append("".join(mirror_line(r) + "\n" for r in rows).encode())
                     written += len(rows)
                     after = rows[-1].seq
+                    if len(rows) < PAGE:
+                        # A short page is the head: asking again (a read transaction on
+                        # every commit) would only confirm it.
+                        return written
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 

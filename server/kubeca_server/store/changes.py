@@ -83,7 +83,8 @@ class SetGenerationStates:
 
     authority: str
     states: tuple[tuple[int, GenerationState], ...]
+    when: datetime
 
     def apply(self, unit: UnitOfWork, seq: int) -> None:
         for generation, state in self.states:
-            unit.generations.set_state(self.authority, generation, state)
+            unit.generations.set_state(self.authority, generation, state, self.when)

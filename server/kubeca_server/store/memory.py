@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubeca_client.errors import Unavailable
+from kubeca_client.errors import NotFound, Unavailable
 
 from kubeca_server.ledger.chain import GENESIS, ChainRow, Checkpoint, chain_row
 from kubeca_server.store.records import (
@@ -267,9 +267,15 @@ class _Generations:
             raise ValueError(f"{row.authority} generation {row.generation} exists already")
         self._t.generations[key] = row
 
-    def set_state(self, authority: str, generation: int, state: GenerationState) -> None:
+    def set_state(
+        self, authority: str, generation: int, state: GenerationState, when: datetime
+    ) -> None:
         key = (authority, generation)
-        self._t.generations[key] = dataclasses.replace(self._t.generations[key], state=state)
+        if key not in self._t.generations:
+            raise NotFound(f"{authority} has no generation {generation}")
+        self._t.generations[key] = dataclasses.replace(
+            self._t.generations[key], state=state, state_changed_at=when
+        )
 
 
 class _Unit:

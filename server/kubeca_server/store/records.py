@@ -99,3 +99,8 @@ class GenerationRow:
     created_at: datetime
     kind: KeyKind = KeyKind.CA
     public_key_pem: str = ""  # SubjectPublicKeyInfo PEM (for a CA: of its certificate)
+    # The new key's certificate signed by the generation before it (rotation), so a
+    # client that trusts only the old CA accepts chains from the new one; "" if none.
+    cross_certificate_pem: str = ""
+    # When ``state`` last changed (None: it has the state it was added with).
+    state_changed_at: datetime | None = None

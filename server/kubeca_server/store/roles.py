@@ -109,7 +109,11 @@ class Generations(Protocol):
 
     def add(self, row: GenerationRow) -> None: ...
 
-    def set_state(self, authority: str, generation: int, state: GenerationState) -> None: ...
+    def set_state(
+        self, authority: str, generation: int, state: GenerationState, when: datetime
+    ) -> None:
+        """Give the generation ``state``, recording ``when`` as its state change time;
+        raises ``NotFound`` when there is no such generation."""
 
 
 class UnitOfWork(Protocol):

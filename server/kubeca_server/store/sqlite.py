@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kubeca_client.errors import ConfigError, Unavailable
+from kubeca_client.errors import ConfigError, NotFound, Unavailable
 
 from kubeca_server.ledger.chain import GENESIS, ChainRow, Checkpoint, chain_row
 from kubeca_server.store.records import (
@@ -490,7 +490,8 @@ class _Generations(_Roles):
     def all(self) -> list[GenerationRow]:
         rows = self._all(
             "SELECT authority, generation, key_label, certificate_pem, state, provenance, "
-            "created_at, kind, public_key_pem FROM ca_generations ORDER BY authority, generation"
+            "created_at, kind, public_key_pem, cross_certificate_pem, state_changed_at "
+            "FROM ca_generations ORDER BY authority, generation"
         )
         return [
             GenerationRow(
@@ -503,13 +504,17 @@ class _Generations(_Roles):
                 created_at=_dt(float(r[6])),
                 kind=KeyKind(str(r[7])),
                 public_key_pem=str(r[8]),
+                cross_certificate_pem=str(r[9]),
+                state_changed_at=None if r[10] is None else _dt(float(r[10])),
             )
             for r in rows
         ]
 
     def add(self, row: GenerationRow) -> None:
         self._run(
-            "INSERT INTO ca_generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ca_generations (authority, generation, key_label, certificate_pem, "
+            "state, provenance, created_at, kind, public_key_pem, cross_certificate_pem, "
+            "state_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row.authority,
             row.generation,
             row.key_label,
@@ -519,15 +524,23 @@ class _Generations(_Roles):
             _ts(row.created_at),
             row.kind.value,
             row.public_key_pem,
+            row.cross_certificate_pem,
+            None if row.state_changed_at is None else _ts(row.state_changed_at),
         )
 
-    def set_state(self, authority: str, generation: int, state: GenerationState) -> None:
-        self._run(
-            "UPDATE ca_generations SET state = ? WHERE authority = ? AND generation = ?",
+    def set_state(
+        self, authority: str, generation: int, state: GenerationState, when: datetime
+    ) -> None:
+        changed = self._run(
+            "UPDATE ca_generations SET state = ?, state_changed_at = ? "
+            "WHERE authority = ? AND generation = ?",
             state.value,
+            _ts(when),
             authority,
             generation,
         )
+        if changed != 1:
+            raise NotFound(f"{authority} has no generation {generation}")
 
 
 class _Unit:

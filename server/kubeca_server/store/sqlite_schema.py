@@ -101,5 +101,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX certificates_revoked_profile ON certificates(profile, not_after, serial)
         WHERE revoked_at IS NOT NULL;
     """,
+    # 4: CA rotation: the new generation's cross-signed certificate, and when each
+    # generation's state last changed (rotation steps and their audit records).
+    """
+    ALTER TABLE ca_generations ADD COLUMN cross_certificate_pem TEXT NOT NULL DEFAULT '';
+    ALTER TABLE ca_generations ADD COLUMN state_changed_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -93,6 +93,7 @@ class IssueCertificateResponse(_message.Message):
     FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
     AUTHORITY_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
+    CA_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
     ca_certificate_pem: _builtins.str
     serial: _builtins.str
@@ -104,6 +105,11 @@ class IssueCertificateResponse(_message.Message):
     reused: _builtins.bool
     """True when an identical earlier request's certificate, still outside its renewal
     window, was returned instead of a new signature.
+    """
+    ca_bundle_pem: _builtins.str
+    """The issuing CA's trust bundle (every generation it publishes, the issuing one
+    first): what a CA file or a kubeconfig's certificate-authority-data should hold,
+    so it keeps working through a rotation. ca_certificate_pem is the one that signed.
     """
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
@@ -120,10 +126,11 @@ class IssueCertificateResponse(_message.Message):
         fingerprint_sha256: _builtins.str = ...,
         authority: _builtins.str = ...,
         reused: _builtins.bool = ...,
+        ca_bundle_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "reused", b"reused", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "ca_bundle_pem", b"ca_bundle_pem", "ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "reused", b"reused", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,12 +164,31 @@ class CACertificate(_message.Message):
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     CA_CERT_HASH_FIELD_NUMBER: _builtins.int
     NOT_AFTER_FIELD_NUMBER: _builtins.int
+    BUNDLE_PEM_FIELD_NUMBER: _builtins.int
+    ISSUING_KEY_ID_FIELD_NUMBER: _builtins.int
+    CROSS_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    KEY_PROVENANCE_FIELD_NUMBER: _builtins.int
     authority: _builtins.str
     certificate_pem: _builtins.str
     ca_cert_hash: _builtins.str
     """"sha256:" + hex SHA-256 of the SubjectPublicKeyInfo DER, as kubeadm's
     --discovery-token-ca-cert-hash.
     """
+    bundle_pem: _builtins.str
+    """Every generation the CA publishes (PEM, the issuing one first): during a rotation
+    the old and the new CA, so a trust store holding it accepts either.
+    """
+    issuing_key_id: _builtins.str
+    """Lower-case hex SubjectKeyIdentifier of the issuing generation: a leaf whose
+    AuthorityKeyIdentifier differs was signed by a generation that no longer issues.
+    """
+    cross_certificate_pem: _builtins.str
+    """The issuing generation's certificate signed by the generation before it, when it
+    came from a rotation; "" otherwise. Sent in a chain, it lets a client that trusts
+    only the old CA accept leaves of the new one.
+    """
+    key_provenance: _builtins.str
+    """"generated" (made in the HSM) or "imported" (the key existed outside it once)."""
     @_builtins.property
     def not_after(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -172,10 +198,14 @@ class CACertificate(_message.Message):
         certificate_pem: _builtins.str = ...,
         ca_cert_hash: _builtins.str = ...,
         not_after: _timestamp_pb2.Timestamp | None = ...,
+        bundle_pem: _builtins.str = ...,
+        issuing_key_id: _builtins.str = ...,
+        cross_certificate_pem: _builtins.str = ...,
+        key_provenance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "ca_cert_hash", b"ca_cert_hash", "certificate_pem", b"certificate_pem", "not_after", b"not_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "bundle_pem", b"bundle_pem", "ca_cert_hash", b"ca_cert_hash", "certificate_pem", b"certificate_pem", "cross_certificate_pem", b"cross_certificate_pem", "issuing_key_id", b"issuing_key_id", "key_provenance", b"key_provenance", "not_after", b"not_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
