@@ -456,3 +456,66 @@ def test_with_two_workers_one_owns_the_socket_and_signs(tmp_path: Path) -> None:
                 assert sign_and_verify(channel, package, "RS256")["iss"] == ISSUER
     finally:
         signer.server.stop()
+
+
+def _published(stub: Any) -> dict[str, Any]:
+    keys = stub.FetchKeys(v1.FetchKeysRequest(), timeout=10).keys
+    return {k.key_id: load_der_public_key(k.key) for k in keys}
+
+
+def _wait_published(stub: Any, count: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while len(published := _published(stub)) != count:
+        assert time.monotonic() < deadline, f"FetchKeys did not reach {count} keys"
+        time.sleep(0.2)
+    return published
+
+
+def _token(stub: Any) -> str:
+    payload = claims()
+    reply = stub.Sign(v1.SignJWTRequest(claims=payload), timeout=10)
+    return f"{reply.header}.{payload}.{reply.signature}"
+
+
+def _verifies(token: str, published: dict[str, Any]) -> bool:
+    kid = jwt.get_unverified_header(token)["kid"]
+    if kid not in published:
+        return False
+    jwt.decode(token, published[kid], algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
+    return True
+
+
+def test_ca_rotate_verbs_rotate_the_signing_key_without_a_restart(tmp_path: Path) -> None:
+    signer = start_signer(tmp_path / "rotate")
+    server = signer.server
+
+    def rotate(step: str) -> None:
+        run_server_cli(
+            server.config, server.token, "ca", "rotate", step, "--authority", "service-account"
+        )
+
+    try:
+        with signer.channel() as channel:
+            stub = v1_grpc.ExternalJWTSignerStub(channel)
+            old_token = _token(stub)
+            rotate("begin")  # a new key, published before it signs
+            published = _wait_published(stub, 2)
+            assert (
+                jwt.get_unverified_header(_token(stub))["kid"]
+                == jwt.get_unverified_header(old_token)["kid"]
+            )
+            rotate("switch")  # the new key signs; the old stays published
+            deadline = time.monotonic() + 30
+            while (new_token := _token(stub)) and jwt.get_unverified_header(new_token)[
+                "kid"
+            ] == jwt.get_unverified_header(old_token)["kid"]:
+                assert time.monotonic() < deadline, "the switch did not reach Sign"
+                time.sleep(0.2)
+            published = _published(stub)
+            assert _verifies(old_token, published) and _verifies(new_token, published)
+            rotate("finish")  # the old key is no longer published
+            published = _wait_published(stub, 1)
+            assert not _verifies(old_token, published)
+            assert _verifies(new_token, published)
+    finally:
+        server.stop()
