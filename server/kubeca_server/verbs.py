@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from kubeca_client.authorities import SERVICE_CA
+from kubeca_client.authorities import SERVICE_ACCOUNT_KEY, SERVICE_CA
 from kubeca_client.errors import ConfigError, InvalidArgument, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 from kubeca_client.keys import spki_der, spki_hash
@@ -250,9 +250,12 @@ def _pem_fingerprint(pem: str) -> str:
 
 
 def _known_authorities(config: ServerConfig, ledger: Ledger) -> list[str]:
-    """The authorities this kubeca serves: its config's and any the store holds
-    generations of (the service-account key, once it is modelled as generations)."""
-    return sorted(set(config.authorities) | set(lifecycle.generation_rows(ledger.store)))
+    """The authorities this kubeca serves: its config's, the service-account key (so a
+    kubeadm sa.key is imported, and tokens it signed stay valid), and any the store holds
+    generations of."""
+    return sorted(
+        {*config.authorities, SERVICE_ACCOUNT_KEY} | set(lifecycle.generation_rows(ledger.store))
+    )
 
 
 def import_authorities(
