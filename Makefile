@@ -6,14 +6,19 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 # Debian packages by the command that proves each is there. kubectl may come from
 # another package (e.g. a cloud SDK), so it is only installed when no kubectl exists.
-DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client
+# PostgreSQL's server binaries live off PATH (/usr/lib/postgresql/15/bin): its probe is
+# pg_ctlcluster (postgresql-common, which postgresql-15 brings). p11-kit-modules gives
+# p11-kit-client.so, the module the replica tests load to reach one shared token.
+DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client \
+	pg_ctlcluster:postgresql-15 psql:postgresql-client-15 p11-kit:p11-kit \
+	/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so:p11-kit-modules
 # What `make bench` adds, by a file that proves each is there (grpc-go is a source tree,
 # no command): the peer CA, and Go with grpc-go to build the native load generator.
 BENCH_DEB_NEEDS := /usr/bin/cfssl:golang-cfssl /usr/bin/go:golang-go /usr/share/gocode/src/google.golang.org/grpc/server.go:golang-google-grpc-dev
 PROTO_SRC := proto/kubeca/v1/kubeca.proto proto/externaljwt/v1/externaljwt.proto proto/externaljwt/v1alpha1/externaljwt.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test demo serve bench bench-signer terraform-provider clean
+.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test demo serve bench bench-signer bench-replicas terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
@@ -21,6 +26,7 @@ help:
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - kubeca vs the HSM's raw rate vs cfssl, 1-64 connections, with a plot"
 	@echo "make bench-signer - ExternalJWTSigner Sign via socket and proxy vs the HSM raw rate"
+	@echo "make bench-replicas - two replicas on PostgreSQL beside one server on SQLite"
 	@echo "make proto  - regenerate $(PROTO_OUT) from proto/"
 	@echo "make terraform-provider - install kubeca/kubeca into ~/.terraform.d/plugins (or TF_MIRROR=DIR)"
 
@@ -29,7 +35,7 @@ deps: deps-system deps-python
 deps-system:
 	@missing=""; for pair in $(DEB_NEEDS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  command -v $$cmd >/dev/null 2>&1 || test -e $$cmd || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -88,6 +94,9 @@ bench: deps-bench
 
 bench-signer: deps
 	$(PY) bench/signer.py
+
+bench-replicas: deps
+	$(PY) bench/replicas.py
 
 # The native Terraform provider, into Terraform's implied mirror (no CLI config needed)
 # or into TF_MIRROR, printing the provider_installation block that mirror needs.

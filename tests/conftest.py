@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from kubeca_client.client import Client
 
+from tests.postgres_server import PostgresServer, remove_postgres, start_postgres
 from tests.support import RunningServer, Token, make_token, run_server_cli, write_server_config
 
 
@@ -43,3 +44,11 @@ def ca_files(client: Client, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         path.write_text(ca.certificate_pem)
         files[ca.authority] = path
     return files
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 for the session: started here, stopped and removed at the end."""
+    server = start_postgres()
+    yield server
+    remove_postgres(server)

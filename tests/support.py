@@ -70,6 +70,8 @@ def write_server_config(
     port: int | None = None,
     key_algorithm: str = "ECDSA-P256",
     extra: str = "",
+    module: str = SOFTHSM_MODULE,
+    hsm_extra: str = "",
 ) -> Path:
     """A server config in ``directory`` (its state dir is directory/state), with an
     operator port, a bootstrap port, and a grant for the tests' operator identity."""
@@ -87,9 +89,10 @@ def write_server_config(
         f'state_dir = "{directory / "state"}"\n'
         f"{extra}\n"
         "[hsm]\n"
-        f'module = "{SOFTHSM_MODULE}"\n'
+        f'module = "{module}"\n'
         f'token_label = "{token.label}"\n'
         f'pin_file = "{token.pin_file}"\n'
+        f"{hsm_extra}\n"
         f"{authorities}\n"
         f"[grants.{OPERATOR}]\n"
         'profiles = ["*", "super-admin"]\n'

@@ -2,15 +2,23 @@
 
 Every call has a deadline (a bootstrap script must never hang), and every
 ``grpc.RpcError`` becomes the shared error taxonomy here, in one place.
+
+Given several addresses (replicas of one service), a call goes to the replica that
+answered last and, when that one is UNAVAILABLE (down, unreachable, or without its
+HSM or database), to the next, round after round, until the call's deadline. Any other
+answer, a refusal above all, is the service's decision and is never asked again
+elsewhere: a PERMISSION_DENIED retried on another replica would only be a second
+refusal in the ledger, and a retried INVALID_ARGUMENT the same mistake twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from cryptography import x509
@@ -32,6 +40,11 @@ from kubeca_client.errors import (
 )
 from kubeca_client.keys import spki_der
 from kubeca_client.trust import pinned_ca
+
+# Between rounds over every replica, all of them UNAVAILABLE: a short pause.
+RETRY_PAUSE_SECONDS = 0.2
+Stub = pb_grpc.CertificateAuthorityStub
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -224,22 +237,34 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> KubecaError:
 class Client:
     def __init__(
         self,
-        address: str,
+        addresses: str | Sequence[str],
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         channel_options: Sequence[tuple[str, int | str]] = (),
         *,
         credentials: grpc.ChannelCredentials,
         token: str | None = None,
     ) -> None:
-        """A client over TLS. ``token`` is a bootstrap token sent with every call;
-        ``channel_options`` are gRPC channel arguments, e.g. to keep a connection of
-        its own: clients in one process otherwise share one connection, and so one
+        """A client over TLS to one server or to replicas of one service (tried in
+        order, see the module's doc). ``token`` is a bootstrap token sent with every
+        call; ``channel_options`` are gRPC channel arguments, e.g. to keep a connection
+        of its own: clients in one process otherwise share one connection, and so one
         server worker."""
-        self.address = address
+        self.addresses = (addresses,) if isinstance(addresses, str) else tuple(addresses)
+        if not self.addresses:
+            raise ConfigError("a client needs at least one address")
         self.timeout = timeout_seconds
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.secure_channel(address, credentials, options=list(channel_options))
-        self._stub = pb_grpc.CertificateAuthorityStub(self._channel)
+        self._channels = [
+            grpc.secure_channel(address, credentials, options=list(channel_options))
+            for address in self.addresses
+        ]
+        self._stubs = [Stub(channel) for channel in self._channels]
+        self._current = 0  # the replica that answered last: the first one tried
+
+    @property
+    def address(self) -> str:
+        """The replica calls go to first (the one that answered last)."""
+        return self.addresses[self._current]
 
     @classmethod
     def from_config(cls, config: ClientConfig, token: str | None = None) -> Client:
@@ -249,33 +274,39 @@ class Client:
             ca_pem = _read(config.ca_file, "ca_file")
         else:
             assert config.ca_cert_hash is not None
-            ca_pem = pinned_ca(config.address, config.ca_cert_hash, config.timeout_seconds)
+            ca_pem = _pinned_ca(config.addresses, config.ca_cert_hash, config.timeout_seconds)
         cert = _read(config.cert_file, "cert_file") if config.cert_file else None
         key = _read(config.key_file, "key_file") if config.key_file else None
         return cls(
-            config.address,
+            config.addresses,
             config.timeout_seconds,
             credentials=channel_credentials(ca_pem, cert, key),
             token=token,
         )
 
     @property
-    def channel(self) -> grpc.Channel:
-        """The mutual-TLS channel itself, for ``kubeca signer-proxy`` to forward on."""
-        return self._channel
+    def channels(self) -> tuple[grpc.Channel, ...]:
+        """The mutual-TLS channels, one per replica, in order: what ``kubeca
+        signer-proxy`` forwards on."""
+        return tuple(self._channels)
 
     def service_account_keys(self) -> list[ServiceAccountKey]:
         """The published service-account verification keys (ExternalJWTSigner
         FetchKeys), current first."""
-        stub = jwt_grpc.ExternalJWTSignerStub(self._channel)
-        with self._call():
-            reply = stub.FetchKeys(
-                jwt_pb.FetchKeysRequest(), timeout=self.timeout, metadata=self._metadata
+        signers = {
+            id(stub): jwt_grpc.ExternalJWTSignerStub(channel)
+            for stub, channel in zip(self._stubs, self._channels, strict=True)
+        }
+        reply = self._invoke(
+            lambda stub, seconds: signers[id(stub)].FetchKeys(
+                jwt_pb.FetchKeysRequest(), timeout=seconds, metadata=self._metadata
             )
+        )
         return [ServiceAccountKey(k.key_id, k.key) for k in reply.keys]
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -283,12 +314,39 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _call(self) -> Iterator[None]:
-        try:
-            yield
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
+    def _invoke(self, call: Callable[[Stub, float], _T]) -> _T:
+        """``call(stub, seconds_left)`` on the current replica, failing over on
+        UNAVAILABLE until the deadline; every other error is raised at once."""
+        deadline = time.monotonic() + self.timeout
+        count = len(self._stubs)
+        start, attempt = self._current, 0
+        last: KubecaError | None = None
+        round_all_tls = True
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise last or DeadlineExceeded("no kubeca replica answered in time")
+            index = (start + attempt) % count
+            try:
+                result = call(self._stubs[index], remaining)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, self.addresses[index])
+                if count == 1 or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    self._current = index  # it answered, if only to refuse
+                    raise error from None
+                # A closed TLS connection is either a refused client certificate or a
+                # replica that died mid-call: try the others, but a whole round of
+                # refusals is the answer.
+                round_all_tls = round_all_tls and isinstance(error, Unauthenticated)
+                last, attempt = error, attempt + 1
+                if attempt % count == 0:
+                    if round_all_tls:
+                        raise error from None
+                    round_all_tls = True
+                    time.sleep(max(0.0, min(RETRY_PAUSE_SECONDS, deadline - time.monotonic())))
+                continue
+            self._current = index
+            return result
 
     def issue_certificate(
         self,
@@ -307,8 +365,9 @@ class Client:
             lifetime_seconds=lifetime_seconds,
             force_new=force_new,
         )
-        with self._call():
-            r = self._stub.IssueCertificate(request, timeout=self.timeout, metadata=self._metadata)
+        r = self._invoke(
+            lambda stub, left: stub.IssueCertificate(request, timeout=left, metadata=self._metadata)
+        )
         issued = IssuedCertificate(
             certificate_pem=r.certificate_pem,
             ca_certificate_pem=r.ca_certificate_pem,
@@ -324,12 +383,12 @@ class Client:
         return issued
 
     def ca_certificates(self, authority: str = "") -> list[CACertificate]:
-        with self._call():
-            r = self._stub.GetCACertificates(
-                pb.GetCACertificatesRequest(authority=authority),
-                timeout=self.timeout,
-                metadata=self._metadata,
+        request = pb.GetCACertificatesRequest(authority=authority)
+        r = self._invoke(
+            lambda stub, left: stub.GetCACertificates(
+                request, timeout=left, metadata=self._metadata
             )
+        )
         return [
             CACertificate(
                 a.authority,
@@ -345,10 +404,11 @@ class Client:
         ]
 
     def profiles(self) -> list[ProfileInfo]:
-        with self._call():
-            r = self._stub.ListProfiles(
-                pb.ListProfilesRequest(), timeout=self.timeout, metadata=self._metadata
+        r = self._invoke(
+            lambda stub, left: stub.ListProfiles(
+                pb.ListProfilesRequest(), timeout=left, metadata=self._metadata
             )
+        )
         return [
             ProfileInfo(
                 name=p.name,
@@ -384,8 +444,7 @@ class Client:
             addresses=list(addresses),
             ttl_seconds=ttl_seconds,
         )
-        with self._call():
-            r = self._stub.CreateBootstrapToken(request, timeout=self.timeout)
+        r = self._invoke(lambda stub, left: stub.CreateBootstrapToken(request, timeout=left))
         return CreatedToken(r.token, r.token_id, _utc(r.expires), r.ca_cert_hash)
 
     def bootstrap_tokens(self, page_size: int = 0) -> Iterator[BootstrapToken]:
@@ -393,8 +452,11 @@ class Client:
         token = ""
         while True:
             request = pb.ListBootstrapTokensRequest(page_size=page_size, page_token=token)
-            with self._call():
-                r = self._stub.ListBootstrapTokens(request, timeout=self.timeout)
+            r = self._invoke(
+                lambda stub, left, request=request: stub.ListBootstrapTokens(  # type: ignore[misc]
+                    request, timeout=left
+                )
+            )
             for t in r.tokens:
                 yield BootstrapToken(
                     token_id=t.token_id,
@@ -411,25 +473,21 @@ class Client:
                 return
 
     def revoke_bootstrap_token(self, token_id: str) -> None:
-        with self._call():
-            self._stub.RevokeBootstrapToken(
-                pb.RevokeBootstrapTokenRequest(token_id=token_id), timeout=self.timeout
-            )
+        request = pb.RevokeBootstrapTokenRequest(token_id=token_id)
+        self._invoke(lambda stub, left: stub.RevokeBootstrapToken(request, timeout=left))
 
     # --- the inventory, revocation and CRLs ------------------------------------------
 
     def revoke_certificate(self, serial: str, reason: str = "unspecified") -> RevokedCertificate:
-        with self._call():
-            r = self._stub.RevokeCertificate(
-                pb.RevokeCertificateRequest(serial=serial, reason=reason), timeout=self.timeout
-            )
+        request = pb.RevokeCertificateRequest(serial=serial, reason=reason)
+        r = self._invoke(lambda stub, left: stub.RevokeCertificate(request, timeout=left))
         return RevokedCertificate(_utc(r.revoked_at), r.authority, r.crl_number)
 
     def crl(self, authority: str) -> CRL:
-        with self._call():
-            r = self._stub.GetCRL(
-                pb.GetCRLRequest(authority=authority), timeout=self.timeout, metadata=self._metadata
-            )
+        request = pb.GetCRLRequest(authority=authority)
+        r = self._invoke(
+            lambda stub, left: stub.GetCRL(request, timeout=left, metadata=self._metadata)
+        )
         crl = CRL(r.crl_der, r.crl_number, _utc(r.this_update), _utc(r.next_update))
         try:
             x509.load_der_x509_crl(crl.der)
@@ -457,8 +515,11 @@ class Client:
                 page_size=page_size,
                 page_token=token,
             )
-            with self._call():
-                r = self._stub.ListCertificates(request, timeout=self.timeout)
+            r = self._invoke(
+                lambda stub, left, request=request: stub.ListCertificates(  # type: ignore[misc]
+                    request, timeout=left
+                )
+            )
             for c in r.certificates:
                 yield CertificateRecord(
                     serial=c.serial,
@@ -477,3 +538,16 @@ class Client:
             token = r.next_page_token
             if not token:
                 return
+
+
+def _pinned_ca(addresses: Sequence[str], pin: str, timeout: float) -> bytes:
+    """The service CA, fetched from the first replica that answers and checked against
+    ``pin``; a mismatch is an answer (raised at once), an unreachable replica is not."""
+    last: KubecaError | None = None
+    for address in addresses:
+        try:
+            return pinned_ca(address, pin, timeout)
+        except Unavailable as exc:
+            last = exc
+    assert last is not None
+    raise last

@@ -6,6 +6,8 @@ kube-apiserver dials a local unix socket; the key is elsewhere. The proxy serves
 the same method of the service, as an operator whose grant allows
 ``service_account_signing``. It never signs anything itself and holds no key:
 
+- With several replicas in the client config, an unreachable one passes the call to
+  the next, within the same deadline.
 - Sign is never cached and never waits for a connection: with the service
   unreachable it answers UNAVAILABLE within ``deadline`` (well under the time
   kube-apiserver gives a call), so a token request fails fast instead of hanging.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +59,12 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 class SignerProxy:
     def __init__(
         self,
-        upstream: grpc.Channel,
+        upstreams: Sequence[grpc.Channel],
         deadline: float = DEFAULT_DEADLINE_SECONDS,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._upstream = upstream
+        self._upstreams = tuple(upstreams)
         self._deadline = deadline
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -70,9 +72,21 @@ class SignerProxy:
         self._lock = threading.Lock()
 
     def _forward(self, path: str, request: bytes) -> bytes:
-        call = self._upstream.unary_unary(path, request_serializer=None, response_deserializer=None)
-        reply: bytes = call(request, timeout=self._deadline, wait_for_ready=False)
-        return reply
+        """The first replica's answer; an unreachable one passes the call to the next,
+        all within one ``deadline``."""
+        deadline = self._clock() + self._deadline
+        for index, upstream in enumerate(self._upstreams):
+            call = upstream.unary_unary(path, request_serializer=None, response_deserializer=None)
+            remaining = max(0.001, deadline - self._clock())
+            try:
+                reply: bytes = call(request, timeout=remaining, wait_for_ready=False)
+            except grpc.RpcError as exc:
+                last = index == len(self._upstreams) - 1
+                if last or exc.code() not in UNREACHABLE or self._clock() >= deadline:
+                    raise
+                continue
+            return reply
+        raise AssertionError("a proxy has at least one upstream")
 
     def _handler(self, path: str, cached: bool) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -7,6 +7,7 @@ branch here and in ``store.factory``, not a change threaded through the layers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +55,8 @@ def utc_now() -> datetime:
 
 def open_backend(config: ServerConfig, metrics: Metrics | None = None) -> KeyBackend:
     on_sign = metrics.hsm_sign if metrics is not None else (lambda seconds: None)
+    # The module reads these when it loads (p11-kit-client.so its server's address).
+    os.environ.update(config.hsm.environment)
     return Pkcs11Backend(
         config.hsm.module, config.hsm.token_label, config.hsm.read_pin(), on_sign=on_sign
     )

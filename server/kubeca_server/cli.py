@@ -35,6 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate", help="bring the store's schema up to date (serve never does it silently)"
     )
+    store = commands.add_parser("store", help="the store itself")
+    store_actions = store.add_subparsers(dest="action", required=True)
+    copy = store_actions.add_parser(
+        "copy",
+        help="copy everything the store of another config holds (e.g. an SQLite file) into "
+        "this config's store (e.g. PostgreSQL), which must be empty; then verify the copy",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        type=Path,
+        help="the config (TOML) of the server whose store is copied; opened read-only",
+    )
     credentials = commands.add_parser("credentials", help="operator client credentials")
     actions = credentials.add_subparsers(dest="action", required=True)
     issue = actions.add_parser(
@@ -114,6 +128,14 @@ def _migrate(config: ServerConfig, args: argparse.Namespace) -> int:
     from kubeca_server.verbs import migrate
 
     print(migrate(config))
+    return 0
+
+
+def _store(config: ServerConfig, args: argparse.Namespace) -> int:
+    from kubeca_server.verbs import copy_store_from
+
+    for line in copy_store_from(config, load_config(args.source)):
+        print(line)
     return 0
 
 
@@ -230,6 +252,7 @@ COMMANDS = {
     "init": _init,
     "migrate": _migrate,
     "audit": _audit,
+    "store": _store,
     "credentials": _credentials,
     "ca": _ca,
     "serve": _serve,

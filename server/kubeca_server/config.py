@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ class HsmConfig:
     token_label: str
     pin_file: Path | None
     pin_env: str | None
+    # What the module reads from its environment (e.g. P11_KIT_SERVER_ADDRESS for
+    # p11-kit-client.so, SOFTHSM2_CONF), set before it is loaded: from the config, so no
+    # wrapper script has to remember it. Never the PIN: that is pin_file or pin_env.
+    environment: Mapping[str, str] = field(default_factory=dict)
 
     def read_pin(self) -> str:
         if self.pin_file is not None:
@@ -66,10 +71,46 @@ class AuthorityConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the ledger, inventory, tokens and CA generations live."""
+    """Where the ledger, inventory, tokens and CA generations live: an SQLite file (the
+    embedded default) or a PostgreSQL database that several replicas share."""
 
     url: str
-    sqlite_path: Path
+    sqlite_path: Path | None  # set for sqlite:// URLs only
+    password_file: Path | None = None  # PostgreSQL's password, when not in the URL
+    password_env: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "sqlite" if self.sqlite_path is not None else "postgresql"
+
+    @property
+    def display(self) -> str:
+        """The URL fit for messages and logs: any password in it replaced."""
+        return redact_url(self.url)
+
+    def read_password(self) -> str | None:
+        if self.password_file is not None:
+            try:
+                password = self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"store.password_file: cannot read {self.password_file}: {exc.strerror}"
+                ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"store.password_file: {self.password_file} is not UTF-8 text"
+                ) from None
+            if not password:
+                raise ConfigError(f"store.password_file: {self.password_file} is empty")
+            return password
+        if self.password_env is not None:
+            password = os.environ.get(self.password_env, "").strip()
+            if not password:
+                raise ConfigError(
+                    f"store.password_env: environment variable {self.password_env} is not set"
+                )
+            return password
+        return None  # libpq's own ways then apply (PGPASSFILE, certificates, peer)
 
 
 @dataclass(frozen=True)
@@ -270,9 +311,17 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         raise ConfigError("listen_bootstrap must be HOST:PORT, a port other than listen's")
     state_dir = resolve(top.string("state_dir", "state"))
     audit_log = resolve(top.string("audit_log", str(state_dir / "audit.log")))
-    store = _store(top.table("store", {"url"}), state_dir, resolve)
+    store = _store(
+        top.table("store", {"url", "password_file", "password_env"}), path, state_dir, resolve
+    )
 
-    hsm_table = top.table("hsm", {"module", "token_label", "pin_file", "pin_env"})
+    hsm_table = top.table("hsm", {"module", "token_label", "pin_file", "pin_env", "environment"})
+    environment_table = hsm_table.table("environment", set(hsm_table.data.get("environment", {})))
+    environment = {}
+    for name in environment_table.data:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"hsm.environment: {name[:40]!r} is not an environment variable name")
+        environment[name] = environment_table.string(name)
     pin_file = hsm_table.optional_string("pin_file")
     pin_env = hsm_table.optional_string("pin_env")
     if (pin_file is None) == (pin_env is None):
@@ -282,6 +331,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         token_label=hsm_table.string("token_label"),
         pin_file=resolve(pin_file) if pin_file else None,
         pin_env=pin_env,
+        environment=environment,
     )
 
     authorities_table = top.table("authorities", set(ALL_CAS))
@@ -391,17 +441,67 @@ def _service_account(table: _Table, resolve: Callable[[str], Path]) -> ServiceAc
     )
 
 
-def _store(table: _Table, state_dir: Path, resolve: Callable[[str], Path]) -> StoreConfig:
+def _store(
+    table: _Table, config_path: Path, state_dir: Path, resolve: Callable[[str], Path]
+) -> StoreConfig:
     # SQLAlchemy's spelling: sqlite:///relative/path (from the config's directory) or
-    # sqlite:////absolute/path.
+    # sqlite:////absolute/path; or libpq's: postgresql://user@host:port/dbname?sslmode=...
     url = table.string("url", f"sqlite:///{state_dir / 'kubeca.db'}")
     scheme, sep, rest = url.partition("://")
+    password_file = table.optional_string("password_file")
+    password_env = table.optional_string("password_env")
+    if sep and scheme in ("postgresql", "postgres"):
+        if password_file is not None and password_env is not None:
+            raise ConfigError("set at most one of store.password_file and store.password_env")
+        _check_postgres_url(table, url, config_path)
+        return StoreConfig(
+            url=url,
+            sqlite_path=None,
+            password_file=resolve(password_file) if password_file else None,
+            password_env=password_env,
+        )
     if not sep or scheme != "sqlite" or not rest.startswith("/") or len(rest) < 2:
         raise ConfigError(
-            f"{table.key('url')}: {url[:80]!r} is not a store URL this kubeca knows "
-            "(sqlite:///PATH)"
+            f"{table.key('url')}: {redact_url(url)[:80]!r} is not a store URL this kubeca "
+            "knows (sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME)"
         )
+    if password_file is not None or password_env is not None:
+        raise ConfigError("store.password_file and store.password_env are for PostgreSQL URLs")
     return StoreConfig(url=url, sqlite_path=resolve(rest[1:]))
+
+
+def _check_postgres_url(table: _Table, url: str, config_path: Path) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:
+        # libpq's message may quote the URL, password and all: say only where.
+        raise ConfigError(f"{table.key('url')}: not a PostgreSQL URL libpq can parse") from None
+    if "password" in parts:
+        try:
+            mode = config_path.stat().st_mode
+        except OSError:
+            mode = 0o777
+        # A password in a file anyone on the host can read is no secret.
+        if mode & 0o004:
+            raise ConfigError(
+                f"{table.key('url')}: the URL holds a password and {config_path} is "
+                "world-readable; use store.password_file or store.password_env instead"
+            )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info (and any password= parameter) hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.partition(':')[0]}:***@{host}"
+    tail = re.sub(r"(?i)(password=)[^&]*", r"\1***", tail)
+    return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
 GRANT_KEYS = {

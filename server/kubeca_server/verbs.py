@@ -47,7 +47,42 @@ CHAIN_PAGE = 5000
 def migrate(config: ServerConfig) -> str:
     store = open_store(config.store, migrate=True)
     store.close()
-    return f"the store at {config.store.url} is at the current schema"
+    return f"the store at {config.store.display} is at the current schema"
+
+
+def copy_store_from(config: ServerConfig, source: ServerConfig) -> list[str]:
+    """Copy the store ``source`` names into the (migrated, empty) one ``config`` names,
+    then verify the copy: the chain, its checkpoints and the inventory, as 'audit
+    verify' does, with the destination's own audit mirror rebuilt from it."""
+    from kubeca_server.store.copy import copy_store
+
+    if source.store.url == config.store.url:
+        raise ConfigError("the source and the destination are the same store")
+    old = open_store(source.store, read_only=True)
+    try:
+        new = open_store(config.store, migrate=True)
+        try:
+            copied = copy_store(old, new)
+        finally:
+            new.close()
+    finally:
+        old.close()
+    close_ledger(open_ledger(config))  # writes the destination's mirror from its chain
+    result = verify_audit(config, None)
+    report = [
+        f"copied {copied.records} audit records, {copied.certificates} certificates, "
+        f"{copied.tokens} bootstrap tokens, {copied.checkpoints} checkpoints and "
+        f"{copied.generations} CA generations from {source.store.display} into "
+        f"{config.store.display}",
+        f"chain head: {copied.head_hash or '(empty chain)'}",
+    ]
+    if result.problems:
+        raise ConfigError("the copy does not verify: " + "; ".join(result.problems[:3]))
+    report.append(
+        f"the copy verifies: {result.records} records, {result.checkpoints} signed "
+        f"checkpoints, {result.certificates} certificates"
+    )
+    return report
 
 
 def run_init(config: ServerConfig) -> list[str]:
@@ -213,7 +248,7 @@ def verify_audit(config: ServerConfig, service_ca_hash: str | None) -> Verificat
     finally:
         store.close()
     if not generations:
-        raise ConfigError(f"the store at {config.store.url} holds no service CA; run init")
+        raise ConfigError(f"the store at {config.store.display} holds no service CA; run init")
     service_ca = x509.load_pem_x509_certificate(generations[0].certificate_pem.encode())
     entries = [
         InventoryEntry(

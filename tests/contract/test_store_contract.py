@@ -5,7 +5,8 @@ need several processes on one store run against the implementations that several
 processes can share (not the in-memory one, which lives in one process by design):
 they are parametrized over ``SHARED`` only, so none is skipped.
 
-A new store (PostgreSQL) joins by adding one entry to ``OPENERS``.
+A new store joins by adding one entry to ``SHARED``. PostgreSQL runs as a real server
+(tests/postgres_server.py), one per session, with a fresh database for each test.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ from kubeca_server.store import (
 )
 from kubeca_server.store.changes import AddCertificate, RevokeCertificate
 from kubeca_server.store.memory import MemoryStore
+from kubeca_server.store.postgres import PostgresStore
 from kubeca_server.store.sqlite import SQLiteStore
+
+from tests.postgres_server import PASSWORD, PostgresServer
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 THREADS = 16
@@ -56,23 +60,37 @@ class Opener:
     def open(self) -> Store:
         if self.kind == "sqlite":
             return SQLiteStore(Path(self.location))
+        if self.kind == "postgresql":
+            return PostgresStore(self.location, password=PASSWORD)
         raise AssertionError(f"no opener for {self.kind}")
 
 
-def _sqlite(tmp_path: Path) -> Opener:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     path = tmp_path / "contract.db"
     SQLiteStore(path, migrate=True).close()
     return Opener("sqlite", str(path))
 
 
-SHARED: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.create_database()
+    PostgresStore(url, password=PASSWORD, migrate=True).close()
+    return Opener("postgresql", url)
+
+
+SHARED: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
+}
 ALL = ("memory", *SHARED)
 
 
 @pytest.fixture(params=ALL)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     opened: Store = (
-        MemoryStore() if request.param == "memory" else SHARED[request.param](tmp_path).open()
+        MemoryStore()
+        if request.param == "memory"
+        else SHARED[request.param](request, tmp_path).open()
     )
     yield opened
     opened.close()
@@ -80,7 +98,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture(params=list(SHARED))
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    return SHARED[request.param](tmp_path)
+    return SHARED[request.param](request, tmp_path)
 
 
 def certificate(serial: str, **changes: Any) -> CertificateRow:

@@ -372,7 +372,7 @@ def test_an_unknown_profile_and_parameters_are_refused_at_plan_time(
     space = _workspace(tmp_path, mirror, _provider_block(deployment.client_config) + PLAN_TIME)
     space.init()
     with deployment.client() as client:
-        before = len(client.certificates())
+        before = len(list(client.certificates()))
     done = space.run("plan", "-input=false")
     assert done.returncode == 1, done.stdout
     errors = " ".join(done.stderr.split())
@@ -380,7 +380,7 @@ def test_an_unknown_profile_and_parameters_are_refused_at_plan_time(
     assert "profile etcd-server does not take parameter 'colour'" in errors
     assert "profile etcd-server needs parameter advertise_address" in errors
     with deployment.client() as client:
-        assert len(client.certificates()) == before  # a plan issues nothing
+        assert len(list(client.certificates())) == before  # a plan issues nothing
 
 
 OFFLINE = """
@@ -447,7 +447,7 @@ def test_an_ephemeral_certificate_is_issued_and_never_enters_plan_or_state(
     for blob in (state.encode(), *stored):
         assert b"BEGIN CERTIFICATE-----" not in blob
     with deployment.client() as client:
-        kubelets = client.certificates(profile="kubelet-client")
+        kubelets = list(client.certificates(profile="kubelet-client"))
     assert [r.subject for r in kubelets] and all("system:node:cp-1" in r.subject for r in kubelets)
 
 

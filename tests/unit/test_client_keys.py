@@ -99,6 +99,13 @@ def test_client_config_defaults(tmp_path: Path) -> None:
     assert config.timeout_seconds == DEFAULT_TIMEOUT_SECONDS
 
 
+def test_client_config_names_replicas_in_the_order_to_try_them(tmp_path: Path) -> None:
+    path = write(tmp_path, 'address = ["a.example:7443", "b.example:7443"]\nca_file = "ca.crt"\n')
+    config = load_client_config(path)
+    assert config.addresses == ("a.example:7443", "b.example:7443")
+    assert config.address == "a.example:7443"
+
+
 def test_client_config_timeout(tmp_path: Path) -> None:
     path = write(tmp_path, 'address = "h:1"\ntimeout_seconds = 2\nca_file = "ca.crt"\n')
     assert load_client_config(path).timeout_seconds == 2.0
@@ -114,6 +121,9 @@ def test_client_config_timeout(tmp_path: Path) -> None:
         ('address = "h:1"\ntimeout_seconds = true\n', "timeout_seconds"),
         ('address = "h:1"\ntimeout_seconds = 601\n', "timeout_seconds"),
         ("address = \n", "not valid TOML"),
+        ('address = []\nca_file = "c"\n', "address must be HOST:PORT or a list"),
+        ('address = ["h:1", "h"]\nca_file = "c"\n', "address must be HOST:PORT or a list"),
+        ('address = ["h:1", "h:1"]\nca_file = "c"\n', "names one address twice"),
     ],
 )
 def test_client_config_errors_name_the_key(tmp_path: Path, text: str, says: str) -> None:

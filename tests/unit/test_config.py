@@ -63,10 +63,56 @@ def test_a_relative_store_path_resolves_against_the_config_file(tmp_path: Path) 
     assert store.sqlite_path == tmp_path / "db" / "kubeca.db"
 
 
-@pytest.mark.parametrize("url", ["postgresql://db/kubeca", "sqlite:", "sqlite://", "kubeca.db"])
+@pytest.mark.parametrize("url", ["mysql://db/kubeca", "sqlite:", "sqlite://", "kubeca.db"])
 def test_a_store_url_this_kubeca_does_not_know_is_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError, match=r"store\.url.*not a store URL"):
         parse(tmp_path, store={"url": url})
+
+
+def test_a_postgresql_url_chooses_the_shared_store_with_its_password_from_a_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "db-password").write_text("s3cret\n")
+    store = parse(
+        tmp_path,
+        store={
+            "url": "postgresql://kubeca@db.example:5432/kubeca?sslmode=verify-full",
+            "password_file": "db-password",
+        },
+    ).store
+    assert store.kind == "postgresql" and store.sqlite_path is None
+    assert store.read_password() == "s3cret"
+
+
+def test_the_store_password_may_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = parse(
+        tmp_path, store={"url": "postgresql://kubeca@db/kubeca", "password_env": "KUBECA_DB_PW"}
+    ).store
+    with pytest.raises(ConfigError, match="KUBECA_DB_PW is not set"):
+        store.read_password()
+    monkeypatch.setenv("KUBECA_DB_PW", "from-env")
+    assert store.read_password() == "from-env"
+
+
+def test_a_password_in_the_url_of_a_world_readable_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "kubeca.toml"
+    config.write_text("")
+    config.chmod(0o644)
+    raw = minimal_config(tmp_path, store={"url": "postgresql://kubeca:hunter2@db/kubeca"})
+    with pytest.raises(ConfigError, match="world-readable") as caught:
+        parse_config(raw, config)
+    assert "hunter2" not in caught.value.message
+    config.chmod(0o600)
+    store = parse_config(raw, config).store
+    # Messages and logs name the store without its password.
+    assert "hunter2" not in store.display and store.display.startswith("postgresql://kubeca:")
+
+
+def test_a_password_file_beside_an_sqlite_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="for PostgreSQL URLs"):
+        parse(tmp_path, store={"url": "sqlite:///k.db", "password_file": "pw"})
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
@@ -233,3 +279,23 @@ def test_load_config_reports_bad_toml(tmp_path: Path) -> None:
 def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_hsm_module_environment_comes_from_the_config(tmp_path: Path) -> None:
+    address = "unix:path=/run/kubeca/p11.sock"
+    config = parse(
+        tmp_path,
+        hsm={
+            "token_label": "t",
+            "pin_env": "X",
+            "environment": {"P11_KIT_SERVER_ADDRESS": address},
+        },
+    )
+    assert config.hsm.environment == {"P11_KIT_SERVER_ADDRESS": address}
+    message = refuse(
+        tmp_path,
+        minimal_config(
+            tmp_path, hsm={"token_label": "t", "pin_env": "X", "environment": {"A=B": "c"}}
+        ),
+    )
+    assert "not an environment variable name" in message

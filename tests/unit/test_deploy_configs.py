@@ -8,7 +8,10 @@ import pytest
 from kubeca_client.keys import KeyAlgorithm
 from kubeca_server.config import load_config
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "deploy" / "config").glob("*.toml"))
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+EXAMPLES = sorted(
+    [*(DEPLOY / "config").glob("*.toml"), DEPLOY / "replicas" / "kubeca-replica.toml"]
+)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -33,3 +36,17 @@ def test_there_are_examples_for_softhsm_and_a_hardware_hsm() -> None:
     assert {"kubeca.softhsm.toml", "kubeca.hsm.toml"} <= names
     hsm = load_config(EXAMPLES[[p.name for p in EXAMPLES].index("kubeca.hsm.toml")])
     assert hsm.authorities["etcd-ca"].key_algorithm is KeyAlgorithm.ECDSA_P384
+
+
+def test_the_replica_example_shares_a_postgresql_store_and_a_network_hsm() -> None:
+    config = load_config(DEPLOY / "replicas" / "kubeca-replica.toml")
+    assert config.store.kind == "postgresql" and "sslmode=verify-full" in config.store.url
+    assert config.store.password_file is not None
+    assert "P11_KIT_SERVER_ADDRESS" in config.hsm.environment
+
+
+def test_the_replica_client_example_names_both_replicas() -> None:
+    from kubeca_client.config import load_client_config
+
+    config = load_client_config(DEPLOY / "replicas" / "client.toml")
+    assert len(config.addresses) == 2

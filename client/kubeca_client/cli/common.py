@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from kubeca_client.client import Client
-from kubeca_client.config import ClientConfig, load_client_config
+from kubeca_client.config import ClientConfig, load_client_config, split_addresses
 from kubeca_client.errors import ConfigError, InvalidArgument
 from kubeca_client.keys import KeyAlgorithm
 from kubeca_client.slots import Report
@@ -95,7 +95,8 @@ def connect(args: argparse.Namespace) -> Client:
             raise InvalidArgument("--server needs --ca-cert-hash sha256:... to trust the service")
         if token is None:
             raise InvalidArgument(f"--server needs a bootstrap token: --token-file or ${TOKEN_ENV}")
-        config = ClientConfig(address=server, ca_cert_hash=parse_pin(pin))
+        addresses = split_addresses(server, "--server")
+        config = ClientConfig(addresses=addresses, ca_cert_hash=parse_pin(pin))
         return Client.from_config(config, token=token)
     path = args.config or os.environ.get(CONFIG_ENV)
     if not path:

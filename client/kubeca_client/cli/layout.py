@@ -201,7 +201,10 @@ def add_commands(commands: Any) -> None:
     worker.add_argument("--control-plane-endpoint", required=True, help="HOST[:PORT]")
     worker.add_argument("--token-file", type=Path, help=f"bootstrap token (or ${TOKEN_ENV})")
     worker.add_argument("--ca-cert-hash", help="sha256:... of the service CA, with --server")
-    worker.add_argument("--server", help="the service's bootstrap address HOST:PORT")
+    worker.add_argument(
+        "--server",
+        help="the service's bootstrap address HOST:PORT, or replicas as HOST:PORT,HOST:PORT",
+    )
     add_layout_options(worker)
     worker.set_defaults(run=cmd_pki_worker)
 

@@ -33,11 +33,11 @@ def cmd_signer_proxy(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with connect(args) as client:
-        proxy = SignerProxy(client.channel, deadline=args.deadline_seconds)
+        proxy = SignerProxy(client.channels, deadline=args.deadline_seconds)
         server = serve(proxy, args.socket, mode, args.socket_group)
         print(
             f"kubeca signer-proxy: serving ExternalJWTSigner (v1, v1alpha1) on {args.socket}, "
-            f"forwarding to {client.address}",
+            f"forwarding to {', '.join(client.addresses)}",
             file=sys.stderr,
             flush=True,
         )

@@ -44,7 +44,9 @@ ATTRIBUTES = {
         description="Path of a kubeca client config (TOML), instead of the fields below. "
         f"Default: ${CONFIG_ENV} when no field is set.",
     ),
-    "address": a_str(optional=True, description="HOST:PORT of the service's operator port."),
+    "address": a_str(
+        optional=True, description="HOST:PORT of the operator port, or replicas: HOST:PORT,..."
+    ),
     "ca_file": a_str(optional=True, description="The service CA certificate file."),
     "ca_cert_hash": a_str(
         optional=True, description="sha256:<hex> pin of the service CA, instead of ca_file."
