@@ -15,16 +15,17 @@ DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd
 # What `make bench` adds, by a file that proves each is there (grpc-go is a source tree,
 # no command): the peer CA, and Go with grpc-go to build the native load generator.
 BENCH_DEB_NEEDS := /usr/bin/cfssl:golang-cfssl /usr/bin/go:golang-go /usr/share/gocode/src/google.golang.org/grpc/server.go:golang-google-grpc-dev
-PROTO_SRC := proto/kubeca/v1/kubeca.proto
+PROTO_SRC := proto/kubeca/v1/kubeca.proto proto/externaljwt/v1/externaljwt.proto proto/externaljwt/v1alpha1/externaljwt.proto
 PROTO_OUT := client/kubeca_client/_proto
 
-.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test fuzz campaign demo serve bench bench-replicas terraform-provider clean
+.PHONY: help deps deps-system deps-python deps-bench proto proto-check lint unit test fuzz campaign demo serve bench bench-signer bench-replicas terraform-provider clean
 
 help:
 	@echo "make demo   - dev SoftHSM token, init the CAs, serve, issue every profile into demo/"
 	@echo "make test   - install what is missing, lint, type-check, proto drift check, all tests"
 	@echo "make serve  - the dev server in the foreground (after make demo has set up var/)"
 	@echo "make bench  - kubeca vs the HSM's raw rate vs cfssl, 1-64 connections, with a plot"
+	@echo "make bench-signer - ExternalJWTSigner Sign via socket and proxy vs the HSM raw rate"
 	@echo "make bench-replicas - two replicas on PostgreSQL beside one server on SQLite"
 	@echo "make fuzz   - the fuzz suite at ten times the cases make test runs"
 	@echo "make campaign - 12,000 hostile requests over mutual TLS to a real server, tallied"
@@ -101,6 +102,9 @@ deps-bench: deps
 
 bench: deps-bench
 	$(PY) bench/issuance.py
+
+bench-signer: deps
+	$(PY) bench/signer.py
 
 bench-replicas: deps
 	$(PY) bench/replicas.py

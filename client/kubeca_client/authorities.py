@@ -25,3 +25,7 @@ COMMON_NAMES: Mapping[str, str] = {
     FRONT_PROXY_CA: "front-proxy-ca",
     SERVICE_CA: "kubeca-service-ca",
 }
+
+# The service-account token signing key: not a CA (no certificates), but its key has
+# generations in the same store role, so rotation uses the same verbs under this name.
+SERVICE_ACCOUNT_KEY = "service-account"

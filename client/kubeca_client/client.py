@@ -25,6 +25,8 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from kubeca_client._proto.externaljwt.v1 import externaljwt_pb2 as jwt_pb
+from kubeca_client._proto.externaljwt.v1 import externaljwt_pb2_grpc as jwt_grpc
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2_grpc as pb_grpc
 from kubeca_client.config import DEFAULT_TIMEOUT_SECONDS, ClientConfig
@@ -70,6 +72,12 @@ class IssuedCertificate:
     @property
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.certificate_pem.encode())
+
+
+@dataclass(frozen=True)
+class ServiceAccountKey:
+    key_id: str
+    public_der: bytes  # SubjectPublicKeyInfo
 
 
 @dataclass(frozen=True)
@@ -303,6 +311,26 @@ class Client:
             credentials=channel_credentials(ca_pem, cert, key),
             token=token,
         )
+
+    @property
+    def channels(self) -> tuple[grpc.Channel, ...]:
+        """The mutual-TLS channels, one per replica, in order: what ``kubeca
+        signer-proxy`` forwards on."""
+        return tuple(self._channels)
+
+    def service_account_keys(self) -> list[ServiceAccountKey]:
+        """The published service-account verification keys (ExternalJWTSigner
+        FetchKeys), current first."""
+        signers = {
+            id(stub): jwt_grpc.ExternalJWTSignerStub(channel)
+            for stub, channel in zip(self._stubs, self._channels, strict=True)
+        }
+        reply = self._invoke(
+            lambda stub, seconds: signers[id(stub)].FetchKeys(
+                jwt_pb.FetchKeysRequest(), timeout=seconds, metadata=self._metadata
+            )
+        )
+        return [ServiceAccountKey(k.key_id, k.key) for k in reply.keys]
 
     def close(self) -> None:
         for channel in self._channels:

@@ -1,8 +1,10 @@
 """`kubeca pki`: a node's whole layout in kubeadm's External CA shape.
 
 A control plane gets the three CA certificates (never their keys), every leaf of
-kubeadm's certlist, sa.key/sa.pub and the five kubeconfigs; a worker gets the
-kubelet's client kubeconfig and serving certificate. What is current is kept.
+kubeadm's certlist, sa.pub with the kubeadm patch for kube-apiserver's signing
+endpoint (kubeca holds the service-account key; see sa_layout) and the five
+kubeconfigs; a worker gets the kubelet's client kubeconfig and serving certificate.
+What is current is kept.
 """
 
 from __future__ import annotations
@@ -13,13 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kubeca_client.client import Client, ProfileInfo
 from kubeca_client.errors import InvalidArgument
-from kubeca_client.files import PRIVATE, PUBLIC
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
 from kubeca_client.keys import private_key_pem as encode_key
 from kubeca_client.layout import (
@@ -29,6 +27,7 @@ from kubeca_client.layout import (
     WORKER_KUBELET_CONF,
     WORKER_SERVING,
 )
+from kubeca_client.sa_layout import DEFAULT_ENDPOINT, local_key_writes, signer_writes
 from kubeca_client.slots import (
     SUPER_ADMIN_NOTE,
     Pending,
@@ -43,6 +42,16 @@ from kubeca_client.slots import (
 )
 
 DEFAULT_API_PORT = 6443
+
+
+@dataclass(frozen=True)
+class ServiceAccountFiles:
+    """What a control plane gets for service-account tokens: by default sa.pub and the
+    kubeadm patch for kube-apiserver's signing endpoint; with ``local_key``, the old
+    sa.key on disk (clusters older than 1.32)."""
+
+    endpoint: Path = DEFAULT_ENDPOINT
+    local_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,39 +171,13 @@ def worker_slots(
     ]
 
 
-def _service_account_writes(root: Path) -> list[Write]:
-    """sa.key/sa.pub as kubeadm makes them; kept when present.
-
-    kube-apiserver signs service-account tokens with sa.key. kubeca does not hold this
-    key yet (the external signer of KEP-740 is planned), so it is made here, locally.
-    """
-    key_path, pub_path = root / "pki" / "sa.key", root / "pki" / "sa.pub"
-    writes: list[Write] = []
-    if key_path.exists():
-        try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            key = None
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise InvalidArgument(f"{key_path} is not an unencrypted RSA private key")
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        writes.append(Write(key_path, encode_key(key), PRIVATE))
-    if not pub_path.exists() or writes:
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        writes.append(Write(pub_path, pub, PUBLIC))
-    return writes
-
-
 def ensure_layout(
     client: Client,
     root: Path,
     plan: Callable[[Mapping[str, ProfileInfo]], Sequence[Slot]],
     key_algorithm: KeyAlgorithm,
     *,
-    service_account_keys: bool,
+    service_account: ServiceAccountFiles | None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Report:
     """Make ``root`` hold every slot ``plan`` makes of the service's profiles, current
@@ -226,6 +209,12 @@ def ensure_layout(
             continue
         key = generate_private_key(key_algorithm)
         pending.append(Pending(slot, build_csr(key), encode_key(key), new_key=True))
-    extra = _service_account_writes(root) if service_account_keys else []
+    extra: list[Write] = []
+    if service_account is not None:
+        extra = (
+            local_key_writes(root)
+            if service_account.local_key
+            else signer_writes(root, client.service_account_keys(), service_account.endpoint)
+        )
     finish(client, root, cas, slots, pending, manifest, report, extra)
     return report

@@ -12,20 +12,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from kubeca_client.errors import ConfigError
+
 from kubeca_server.api import server as api_server
 from kubeca_server.api.ca_service import SERVICE_NAME, CAHandlers, ca_service
+from kubeca_server.api.caller import local_caller, tls_caller
 from kubeca_server.api.health import HealthMonitor
-from kubeca_server.api.listeners import Listener, MutualTLS, ServerTLS
+from kubeca_server.api.listeners import Listener, MutualTLS, ServerTLS, UnixSocket
 from kubeca_server.api.methods import Environment
+from kubeca_server.api.signer_service import SERVICE_NAMES as SIGNER_SERVICE_NAMES
+from kubeca_server.api.signer_service import signer_services
 from kubeca_server.ca import lifecycle
 from kubeca_server.ca.crl import CRLPublisher
 from kubeca_server.ca.keycheck import KeyGuard
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.registry import CARegistry
 from kubeca_server.ca.service_tls import load_server_credentials
+from kubeca_server.ca.signing_key import KeyRing
 from kubeca_server.config import ServerConfig
 from kubeca_server.issuance.credentials import RevokedCredentials
 from kubeca_server.issuance.inventory import Inventory
+from kubeca_server.issuance.jwt_policy import ClaimsPolicy
+from kubeca_server.issuance.jwt_signer import TokenSigner
 from kubeca_server.issuance.permits import Gatekeeper
 from kubeca_server.issuance.pipeline import IssuancePipeline
 from kubeca_server.issuance.token_admin import TokenAdmin
@@ -82,6 +90,8 @@ class Core:
     clock: Clock
     keys: KeyGuard
     credentials: RevokedCredentials
+    # None until init has made the service-account key (unit tests of the CA side).
+    service_account: TokenSigner | None = None
 
     def probe(self) -> None:
         """Raise Unavailable unless the HSM and the store both answer now, and the HSM's
@@ -110,6 +120,7 @@ def build_core(
     gatekeeper = Gatekeeper(config.grants, ledger.store, clock)
     crls = CRLPublisher(registry, ledger, config.crl_dir, clock=clock)
     return Core(
+        service_account=_token_signer(config, backend, ledger, clock),
         config=config,
         backend=backend,
         ledger=ledger,
@@ -128,6 +139,23 @@ def build_core(
         clock=clock,
         keys=keys,
         credentials=RevokedCredentials(ledger.store),
+    )
+
+
+def _token_signer(
+    config: ServerConfig, backend: KeyBackend, ledger: Ledger, clock: Clock
+) -> TokenSigner | None:
+    ring = KeyRing.open(backend, ledger.store, clock)
+    if ring is None:
+        return None
+    sa = config.service_account
+    return TokenSigner(
+        ring,
+        ClaimsPolicy(sa.issuers, sa.max_token_expiration, clock),
+        ledger,
+        config.grants,
+        sa.max_token_expiration,
+        sa.refresh_hint_seconds,
     )
 
 
@@ -177,12 +205,23 @@ class Worker:
         self.core.close()
 
 
-def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
+def start_worker(config: ServerConfig, reuse_port: bool, serve_socket: bool = True) -> Worker:
+    """One worker's servers. ``serve_socket``: this worker owns the signer's unix
+    socket (one process per path; with several workers, the first)."""
     metrics = Metrics(enabled=config.metrics_listen is not None)
     core = open_core(config, metrics)
+    servers: list[api_server.RunningServer] = []
     try:
         listeners = tls_listeners(config, core)
-        health = HealthMonitor(core.probe, (SERVICE_NAME,), on_change=metrics.hsm_up)
+        signer = core.service_account
+        if signer is None:
+            raise ConfigError(
+                "service-account: no token-signing key in the store; run "
+                f"'kubeca-server --config {config.path} init'"
+            )
+        health = HealthMonitor(
+            core.probe, (SERVICE_NAME, *SIGNER_SERVICE_NAMES), on_change=metrics.hsm_up
+        )
         env = Environment(core.ledger, metrics, health, core.credentials)
         handlers = CAHandlers(
             core.pipeline, core.registry, core.inventory, core.tokens, core.crls, metrics
@@ -202,17 +241,34 @@ def start_worker(config: ServerConfig, reuse_port: bool) -> Worker:
         maintenance.run_once()
         health.start()
         maintenance.start()
-        servers = [
+        servers.append(
             api_server.serve(
-                [ca_service(handlers)],
+                [ca_service(handlers), *signer_services(signer, tls_caller)],
                 listeners,
                 env,
                 health,
                 max_request_bytes=config.max_request_bytes,
                 reuse_port=reuse_port,
             )
-        ]
+        )
+        sa = config.service_account
+        if sa.socket is not None and serve_socket:
+            # A server of its own: the socket's callers are local (kube-apiserver), and
+            # must not reach kubeca.v1 through it.
+            socket = UnixSocket(sa.socket, sa.socket_mode, sa.socket_group)
+            servers.append(
+                api_server.serve(
+                    signer_services(signer, local_caller),
+                    [socket],
+                    env,
+                    health,
+                    max_request_bytes=config.max_request_bytes,
+                    reuse_port=False,
+                )
+            )
     except BaseException:
+        for server in servers:
+            server.stop(0)
         core.close()
         raise
     return Worker(core, health, maintenance, servers)

@@ -26,6 +26,9 @@ from kubeca_server.profiles import PROFILES
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+# kubeadm's default --service-account-issuer.
+DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SOCKET_MODES = (0o600, 0o660)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,30 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ServiceAccountConfig:
+    """The service-account signing key and the ExternalJWTSigner that serves it."""
+
+    key_algorithm: KeyAlgorithm  # for new generations; existing keys are never replaced
+    issuers: frozenset[str]  # the iss values a token may carry (--service-account-issuer)
+    max_token_expiration: timedelta
+    refresh_hint_seconds: int
+    socket: Path | None  # where kube-apiserver dials the signer on this host, if here
+    socket_mode: int
+    socket_group: str | None
+
+
+DEFAULT_SERVICE_ACCOUNT = ServiceAccountConfig(
+    KeyAlgorithm.RSA_2048,
+    frozenset({DEFAULT_ISSUER}),
+    timedelta(seconds=86400),
+    60,
+    None,
+    0o600,
+    None,
+)
+
+
+@dataclass(frozen=True)
 class Grant:
     """What one operator identity (its client certificate's CN) may obtain."""
 
@@ -136,6 +163,10 @@ class Grant:
     max_lifetime: timedelta
     bootstrap_tokens: bool
     revoke: bool = False
+    # Sign service-account tokens through ExternalJWTSigner over mutual TLS: what
+    # `kubeca signer-proxy` on a control-plane node needs. It mints any identity in the
+    # cluster, so it is its own right, never implied by a profile wildcard.
+    service_account_signing: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +185,7 @@ class ServerConfig:
     enable_super_admin: bool
     tls: TlsConfig
     grants: Mapping[str, Grant]
+    service_account: ServiceAccountConfig = DEFAULT_SERVICE_ACCOUNT
 
     @property
     def ca_dir(self) -> Path:
@@ -260,6 +292,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
             "tls",
             "grants",
             "store",
+            "service_account",
         },
     )
 
@@ -358,6 +391,52 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> ServerConfig:
         enable_super_admin=profiles_table.boolean("enable_super_admin", False),
         tls=tls,
         grants=grants,
+        service_account=_service_account(
+            top.table("service_account", SERVICE_ACCOUNT_KEYS), resolve
+        ),
+    )
+
+
+SERVICE_ACCOUNT_KEYS = {
+    "key_algorithm",
+    "issuers",
+    "max_token_expiration_seconds",
+    "refresh_hint_seconds",
+    "socket",
+    "socket_mode",
+    "socket_group",
+}
+
+
+def _service_account(table: _Table, resolve: Callable[[str], Path]) -> ServiceAccountConfig:
+    text = table.string("key_algorithm", KeyAlgorithm.RSA_2048.value)
+    try:
+        algorithm = KeyAlgorithm.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{table.key('key_algorithm')}: {exc}") from None
+    if algorithm not in (KeyAlgorithm.RSA_2048, KeyAlgorithm.ECDSA_P256):
+        # RS256 and ES256: what every kube-apiserver and JWT library verifies.
+        raise ConfigError(f"{table.key('key_algorithm')} must be RSA-2048 or ECDSA-P256")
+    mode = table.integer("socket_mode", 0o600, 0, 0o777)
+    if mode not in SOCKET_MODES:
+        raise ConfigError(f"{table.key('socket_mode')} must be 0o600 or 0o660 (with socket_group)")
+    group = table.optional_string("socket_group")
+    if mode == 0o660 and group is None:
+        raise ConfigError(f"{table.key('socket_mode')} 0o660 needs {table.key('socket_group')}")
+    socket = table.optional_string("socket")
+    issuers = table.strings("issuers", (DEFAULT_ISSUER,))
+    if not issuers:
+        raise ConfigError(f"{table.key('issuers')} must name at least one issuer")
+    return ServiceAccountConfig(
+        key_algorithm=algorithm,
+        issuers=frozenset(issuers),
+        max_token_expiration=timedelta(
+            seconds=table.integer("max_token_expiration_seconds", 86400, 600, 2 * 366 * 86400)
+        ),
+        refresh_hint_seconds=table.integer("refresh_hint_seconds", 60, 1, 86400),
+        socket=resolve(socket) if socket else None,
+        socket_mode=mode,
+        socket_group=group,
     )
 
 
@@ -441,6 +520,7 @@ GRANT_KEYS = {
     "max_lifetime_days",
     "bootstrap_tokens",
     "revoke",
+    "service_account_signing",
 }
 
 
@@ -467,4 +547,5 @@ def _grant(table: _Table, identity: str) -> Grant:
         max_lifetime=timedelta(days=table.integer("max_lifetime_days", 365, 1, 3650)),
         bootstrap_tokens=table.boolean("bootstrap_tokens", False),
         revoke=table.boolean("revoke", False),
+        service_account_signing=table.boolean("service_account_signing", False),
     )

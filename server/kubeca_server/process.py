@@ -40,11 +40,16 @@ def check_startup(config: ServerConfig) -> None:
     core = open_core(config)
     try:
         tls_listeners(config, core)
+        if core.service_account is None:
+            raise ConfigError(
+                "service-account: no token-signing key in the store; run "
+                f"'kubeca-server --config {config.path} init'"
+            )
     finally:
         core.close()
 
 
-def _serve_one(config_path: Path, reuse_port: bool) -> None:
+def _serve_one(config_path: Path, reuse_port: bool, serve_socket: bool = True) -> None:
     """One worker process (or the only process): serve until SIGTERM or SIGINT."""
     config = load_config(config_path)
     configure_logging()
@@ -57,16 +62,17 @@ def _serve_one(config_path: Path, reuse_port: bool) -> None:
     signal.signal(signal.SIGINT, on_signal)
     from kubeca_server.app import start_worker
 
-    worker = start_worker(config, reuse_port)
+    worker = start_worker(config, reuse_port, serve_socket)
     log.info("server.listening", listen=config.listen, port=worker.port)
     stop.wait()
     log.info("server.stopping")
     worker.stop()
 
 
-def _worker_main(config_path: str) -> None:
+def _worker_main(config_path: str, index: int) -> None:
     try:
-        _serve_one(Path(config_path), reuse_port=True)
+        # A unix socket cannot be shared like a port: the first worker owns it.
+        _serve_one(Path(config_path), reuse_port=True, serve_socket=index == 0)
     except KubecaError as exc:
         log.error("worker.failed", error=exc.message)
         sys.exit(exc.exit_code)
@@ -106,7 +112,7 @@ def _supervise(config: ServerConfig, count: int) -> None:
 
     def spawn(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
-            target=_worker_main, args=(str(config.path),), name=f"kubeca-worker-{index}"
+            target=_worker_main, args=(str(config.path), index), name=f"kubeca-worker-{index}"
         )
         process.start()
         return process

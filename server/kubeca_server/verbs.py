@@ -15,14 +15,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from kubeca_client.authorities import SERVICE_CA
+from kubeca_client.authorities import SERVICE_ACCOUNT_KEY, SERVICE_CA
 from kubeca_client.errors import ConfigError, InvalidArgument, KubecaError
 from kubeca_client.files import PRIVATE, PUBLIC, atomic_write
 from kubeca_client.keys import spki_der, spki_hash
 from kubeca_client.text import clip
 
 from kubeca_server.app import close_ledger, open_backend, open_core, open_ledger, utc_now
-from kubeca_server.ca import adopt, lifecycle
+from kubeca_server.ca import adopt, lifecycle, signing_key
 from kubeca_server.ca.authority import CertificateAuthority
 from kubeca_server.ca.lint import Linter
 from kubeca_server.ca.rotation import Rotation, key_id_hex
@@ -93,6 +93,11 @@ def run_init(config: ServerConfig) -> list[str]:
         try:
             linter = Linter()
             report = lifecycle.initialize(config, backend, ledger, linter, utc_now)
+            report.append(
+                signing_key.initialize(
+                    backend, ledger, config.service_account.key_algorithm, utc_now()
+                )
+            )
             authorities = lifecycle.load(config, backend, ledger.store, linter, utc_now)
             lifecycle.publish_bundles(config, authorities)
             service_ca = authorities[SERVICE_CA]
@@ -280,9 +285,12 @@ def _pem_fingerprint(pem: str) -> str:
 
 
 def _known_authorities(config: ServerConfig, ledger: Ledger) -> list[str]:
-    """The authorities this kubeca serves: its config's and any the store holds
-    generations of (the service-account key, once it is modelled as generations)."""
-    return sorted(set(config.authorities) | set(lifecycle.generation_rows(ledger.store)))
+    """The authorities this kubeca serves: its config's, the service-account key (so a
+    kubeadm sa.key is imported, and tokens it signed stay valid), and any the store holds
+    generations of."""
+    return sorted(
+        {*config.authorities, SERVICE_ACCOUNT_KEY} | set(lifecycle.generation_rows(ledger.store))
+    )
 
 
 def import_authorities(

@@ -34,8 +34,13 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 HOSTS = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
-LABELS = ("kubeca/kubernetes-ca", "kubeca/etcd-ca", "kubeca/front-proxy-ca")
-KEY_FILES = ("ca.key", "etcd/ca.key", "front-proxy-ca.key")
+LABELS = (
+    "kubeca/kubernetes-ca",
+    "kubeca/etcd-ca",
+    "kubeca/front-proxy-ca",
+    "kubeca/service-account",
+)
+KEY_FILES = ("ca.key", "etcd/ca.key", "front-proxy-ca.key", "sa.key")
 
 FACTS = """
 import dataclasses, json, os, sys
@@ -97,13 +102,29 @@ def _kubeca(adopted: Adopted, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_import_says_which_files_to_destroy_and_skips_sa_key(adopted: Adopted) -> None:
+def test_the_import_says_which_files_to_destroy_sa_key_included(adopted: Adopted) -> None:
     out = adopted.imported.stdout
     for name in KEY_FILES:
         assert str(adopted.pki / name) in out
     assert "shred -u" in out
     assert "backups and snapshots keep copies" in out
-    assert "sa.key skipped" in out  # no service-account authority here yet
+    # kubeca holds the service-account key: kubeadm's is imported, not skipped.
+    assert "sa.key skipped" not in out
+
+
+def test_the_signer_publishes_and_signs_with_the_imported_sa_key(adopted: Adopted) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from kubeca_client.client import Client
+    from kubeca_client.config import load_client_config
+
+    pub = serialization.load_pem_public_key((adopted.pki / "sa.pub").read_bytes())
+    der = pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with Client.from_config(load_client_config(adopted.client_config)) as client:
+        published = client.service_account_keys()
+    # Tokens kube-apiserver signed with the file key before still verify.
+    assert [k.public_der for k in published] == [der]
 
 
 def test_imported_keys_are_sensitive_non_extractable_and_say_they_were_imported(

@@ -26,7 +26,7 @@ from kubeca_client.client import Client
 from kubeca_client.errors import Unavailable
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
 from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from tests.support import (
     SOFTHSM_MODULE,
@@ -43,6 +43,8 @@ LABELS = (
     "kubeca/front-proxy-ca",
     "kubeca/kubeca-service-ca",
 )
+# The service-account token-signing key: no certificate, the same token attributes.
+SIGNING_KEY_LABEL = "kubeca/service-account"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def in_process_session(initialized: tuple[Token, Path]) -> Iterator[pkcs11.Sessi
 def test_ca_keys_in_the_token_are_sensitive_never_extractable_and_sign_only(
     in_process_session: pkcs11.Session,
 ) -> None:
-    for label in LABELS:
+    for label in (*LABELS, SIGNING_KEY_LABEL):
         key = in_process_session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
         assert key[Attribute.TOKEN] is True
         assert key[Attribute.PRIVATE] is True
@@ -87,8 +89,11 @@ def test_ca_keys_in_the_token_are_sensitive_never_extractable_and_sign_only(
         assert key[Attribute.DECRYPT] is False
         assert key[Attribute.DERIVE] is False
         assert key[Attribute.UNWRAP] is False
+        # The secret part: CKA_VALUE of an EC key, the private exponent of an RSA key
+        # (the service-account key is RSA by default).
+        secret = Attribute.VALUE if key.key_type == KeyType.EC else Attribute.PRIVATE_EXPONENT
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
-            _ = key[Attribute.VALUE]
+            _ = key[secret]
 
 
 def test_ca_certificates_belong_to_the_token_keys(
@@ -128,7 +133,7 @@ def test_init_is_idempotent_and_never_replaces_a_key(
     before = {p.name: p.read_bytes() for p in ca_dir.iterdir()}
     objects_before = len(list(in_process_session.get_objects()))
     result = run_server_cli(config, token, "init")
-    assert result.stdout.count("already initialized, nothing changed") == 4
+    assert result.stdout.count("already initialized, nothing changed") == 5
     assert "server TLS certificate: current" in result.stdout
     assert {p.name: p.read_bytes() for p in ca_dir.iterdir()} == before
     assert len(list(in_process_session.get_objects())) == objects_before

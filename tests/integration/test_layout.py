@@ -30,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubeca_client.client import Client
+from kubeca_client.config import load_client_config
 
 from tests.support import (
     BIN,
@@ -414,18 +416,67 @@ def test_leaf_verifies_against_its_own_ca_and_neither_other(layout: Layout, base
             assert result.returncode != 0, f"{base} verified against {authority}"
 
 
-def test_service_account_keys_are_a_matching_rsa_pair(layout: Layout) -> None:
-    key_pem = (layout.root / "pki" / "sa.key").read_bytes()
+def test_sa_pub_holds_the_keys_the_service_publishes_and_there_is_no_sa_key(
+    layout: Layout,
+) -> None:
+    assert not (layout.root / "pki" / "sa.key").exists()
     pub_pem = (layout.root / "pki" / "sa.pub").read_bytes()
+    assert pub_pem.startswith(b"-----BEGIN PUBLIC KEY-----\n")
+    public = serialization.load_pem_public_key(pub_pem)
+    # kubeadm's kind of key, made in the HSM: RSA-2048 by default.
+    assert isinstance(public, rsa.RSAPublicKey) and public.key_size == 2048
+    config = load_client_config(layout.deployment.config)
+    with Client.from_config(config) as client:
+        published = client.service_account_keys()
+    assert [k.public_der for k in published] == [_spki(public)]
+
+
+def test_the_kubeadm_patch_swaps_the_key_files_for_the_signing_endpoint(layout: Layout) -> None:
+    ops = json.loads((layout.root / "kubeca-patches" / "kube-apiserver0+json.json").read_text())
+    pki = layout.root / "pki"
+    tests = [op["value"] for op in ops if op["op"] == "test"]
+    assert tests == [
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+    ]
+    removed = [op["path"] for op in ops if op["op"] == "remove"]
+    tested = [op["path"] for op in ops if op["op"] == "test"]
+    assert removed == tested  # each removal is of the flag its test names
+    added = [op["value"] for op in ops if op["op"] == "add"]
+    assert "--service-account-signing-endpoint=/run/kubeca/signer.sock" in added
+    assert {"name": "kubeca-signer", "mountPath": "/run/kubeca"} in added
+    assert "kube-controller-manager: remove --service-account-private-key-file" in layout.stdout
+
+
+def test_the_layout_holds_no_private_key_but_the_leaves(layout: Layout) -> None:
+    leaf_keys = {layout.root / "pki" / f"{base}.key" for base in LEAVES}
+    kubeconfigs = set(layout.root.glob("*.conf"))  # each embeds its client's own key
+    holding = {
+        p for p in layout.root.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()
+    }
+    embedded = {p for p in holding if p.suffix == ".conf"}
+    assert holding - embedded <= leaf_keys
+    assert embedded <= kubeconfigs
+    assert not (layout.root / "pki" / "sa.key").exists()
+
+
+def test_local_sa_key_writes_a_matching_rsa_pair_with_a_warning(
+    default_deployment: Deployment, tmp_path: Path
+) -> None:
+    root = tmp_path / "kubernetes"
+    result = _kubeca(*_control_plane_args(root, "--local-sa-key"), config=default_deployment.config)
+    assert result.returncode == 0, result.stderr
+    assert "older than 1.32" in result.stderr and "Traceback" not in result.stderr
+    key_pem = (root / "pki" / "sa.key").read_bytes()
+    pub_pem = (root / "pki" / "sa.pub").read_bytes()
     # kubeadm writes PKCS#1 ("RSA PRIVATE KEY") and reads PKCS#8 too.
     assert key_pem.startswith((b"-----BEGIN RSA PRIVATE KEY-----", b"-----BEGIN PRIVATE KEY-----"))
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    assert pub_pem.startswith(b"-----BEGIN PUBLIC KEY-----\n")
-    assert pub_pem.rstrip().endswith(b"-----END PUBLIC KEY-----")
     public = serialization.load_pem_public_key(pub_pem)
     assert isinstance(public, rsa.RSAPublicKey)
     assert _spki(public) == _spki(key)
+    assert not (root / "kubeca-patches").exists()
 
 
 def test_super_admin_conf_only_from_a_server_that_grants_it(layout: Layout) -> None:
@@ -471,7 +522,8 @@ def test_kubeconfig_embeds_the_kubernetes_ca_and_points_at_kubeadms_server(
 
 def test_every_key_and_kubeconfig_is_0600(layout: Layout) -> None:
     private = [p for p in layout.root.rglob("*") if p.suffix in (".key", ".conf")]
-    expected_count = len(LEAVES) + 1 + len(KUBECONFIGS) - (not layout.deployment.grants_super_admin)
+    # No sa.key: the service-account key is in kubeca's HSM.
+    expected_count = len(LEAVES) + len(KUBECONFIGS) - (not layout.deployment.grants_super_admin)
     assert len(private) == expected_count, sorted(map(str, private))
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

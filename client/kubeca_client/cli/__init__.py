@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from kubeca_client.cli import issue, layout, ledger, terraform_provider, tokens
+from kubeca_client.cli import issue, layout, ledger, signer, terraform_provider, tokens
 from kubeca_client.cli.common import CONFIG_ENV, parse_duration, parse_params
 from kubeca_client.errors import KubecaError
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_commands(commands)
     tokens.add_commands(commands)
     ledger.add_commands(commands)
+    signer.add_commands(commands)
     terraform_command = commands.add_parser(
         "terraform",
         help="Terraform external data source program: JSON query on stdin, JSON on stdout",

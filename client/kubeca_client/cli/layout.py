@@ -29,8 +29,21 @@ from kubeca_client.names import (
     parse_san_list,
     service_address,
 )
-from kubeca_client.pki import ControlPlane, control_plane_slots, ensure_layout, worker_slots
+from kubeca_client.pki import (
+    ControlPlane,
+    ServiceAccountFiles,
+    control_plane_slots,
+    ensure_layout,
+    worker_slots,
+)
 from kubeca_client.renew import renew_layout
+from kubeca_client.sa_layout import (
+    APISERVER_PATCH,
+    CONTROLLER_MANAGER_NOTE,
+    DEFAULT_ENDPOINT,
+    LOCAL_KEY_WARNING,
+    PATCH_DIR,
+)
 
 
 def _sans(values: Sequence[str], flag: str) -> list[str]:
@@ -58,15 +71,31 @@ def cmd_pki_control_plane(args: argparse.Namespace) -> int:
         parse_dns_name(spec.dns_domain, "--dns-domain")
     lifetime = lifetime_seconds(args)
     algorithm = key_algorithm(args)
+    endpoint = Path(args.signing_endpoint)
+    if not endpoint.is_absolute():
+        raise InvalidArgument("--signing-endpoint must be an absolute path")
+    if args.local_sa_key:
+        print(LOCAL_KEY_WARNING, file=sys.stderr)
     with connect(args) as client:
         report = ensure_layout(
             client,
             args.dir,
             lambda profiles: control_plane_slots(spec, profiles, lifetime),
             algorithm,
-            service_account_keys=True,
+            service_account=ServiceAccountFiles(endpoint, args.local_sa_key),
         )
     print_report(report, args.dir)
+    patches = args.dir / PATCH_DIR
+    if not args.local_sa_key and patches / APISERVER_PATCH in report.written:
+        # Said when the patch is (re)written: what to do with it.
+        print(f"kube-apiserver: kubeadm init --patches {patches} (signs through {endpoint})")
+        print(CONTROLLER_MANAGER_NOTE)
+        if (args.dir / "pki" / "sa.key").exists():
+            print(
+                f"note: {args.dir / 'pki' / 'sa.key'} is left from before; remove it once "
+                "kube-apiserver signs through the endpoint (its public key stays "
+                "verifiable only while sa.pub holds it)"
+            )
     return 0
 
 
@@ -84,7 +113,7 @@ def cmd_pki_worker(args: argparse.Namespace) -> int:
                 node, address, args.control_plane_endpoint, profiles, lifetime
             ),
             algorithm,
-            service_account_keys=False,
+            service_account=None,
         )
     print_report(report, args.dir)
     return 0
@@ -129,7 +158,9 @@ def add_commands(commands: Any) -> None:
     pki = commands.add_parser("pki", help="write a node's whole kubeadm layout")
     kinds = pki.add_subparsers(dest="kind", required=True)
 
-    control = kinds.add_parser("control-plane", help="CAs, every leaf, sa keys, kubeconfigs")
+    control = kinds.add_parser(
+        "control-plane", help="CAs, every leaf, sa.pub and the signer patch, kubeconfigs"
+    )
     control.add_argument("--node-name", required=True, help="this node's name (its DNS name)")
     control.add_argument(
         "--advertise-address", required=True, help="the IP the API server advertises"
@@ -150,6 +181,17 @@ def add_commands(commands: Any) -> None:
         default=[],
         metavar="SANS",
         help="extra DNS names or IPs for etcd's server and peer certificates",
+    )
+    control.add_argument(
+        "--signing-endpoint",
+        default=str(DEFAULT_ENDPOINT),
+        help="the ExternalJWTSigner socket kube-apiserver dials (kubeca signer-proxy "
+        f"--socket), default {DEFAULT_ENDPOINT}",
+    )
+    control.add_argument(
+        "--local-sa-key",
+        action="store_true",
+        help="write sa.key to disk as kubeadm does: only for clusters older than 1.32",
     )
     add_layout_options(control)
     control.set_defaults(run=cmd_pki_control_plane)

@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import grp
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from kubeca_client.errors import ConfigError
+from kubeca_client.unix_socket import clear_socket_path, owner_only, secure_socket
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,9 @@ Listener = MutualTLS | ServerTLS | UnixSocket
 def bind(server: grpc.Server, listener: Listener) -> int:
     """Add ``listener`` to ``server``; the bound TCP port (0 for a socket)."""
     if isinstance(listener, UnixSocket):
-        _clear_socket_path(listener.path)
-        # The socket is created owner-only, so nobody can connect before its mode and
-        # group are set (secure_socket, after the server started).
-        previous = os.umask(0o177)
-        try:
+        clear_socket_path(listener.path)
+        with owner_only():
             _add(server, f"unix://{listener.path}", None)
-        finally:
-            os.umask(previous)
         return 0
     pair = [(listener.key_pem, listener.chain_pem)]
     if isinstance(listener, MutualTLS):
@@ -67,26 +60,9 @@ def bind(server: grpc.Server, listener: Listener) -> int:
     return _add(server, listener.address, credentials)
 
 
-def secure_socket(listener: UnixSocket) -> None:
+def secure(listener: UnixSocket) -> None:
     """After the server started: give the socket its mode and group."""
-    try:
-        if listener.group is not None:
-            os.chown(listener.path, -1, grp.getgrnam(listener.group).gr_gid)
-        os.chmod(listener.path, listener.mode)
-    except (OSError, KeyError) as exc:
-        raise ConfigError(f"cannot set the mode or group of {listener.path} ({exc})") from None
-
-
-def _clear_socket_path(path: Path) -> None:
-    """A socket left by an earlier run is removed; anything else at the path is not
-    ours to remove, so the server refuses to start."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-    path.unlink()
+    secure_socket(listener.path, listener.mode, listener.group)
 
 
 def _add(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

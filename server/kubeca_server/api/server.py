@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kubeca_server.api.health import HealthMonitor
-from kubeca_server.api.listeners import Listener, UnixSocket, bind, secure_socket
+from kubeca_server.api.listeners import Listener, UnixSocket, bind, secure
 from kubeca_server.api.methods import Environment, Service, generic_handler
 
 RPC_THREADS = 16
@@ -58,5 +58,5 @@ def serve(
     server.start()
     for listener in listeners:
         if isinstance(listener, UnixSocket):
-            secure_socket(listener)
+            secure(listener)
     return RunningServer(server, ports)
