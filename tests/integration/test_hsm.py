@@ -451,3 +451,38 @@ def test_a_token_label_that_names_no_token_stops_the_server_as_a_config_error(
     assert result.returncode == 78
     assert "no token labelled 'no-such-token'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Each process opens the backend as a starting worker does, then re-initializes the
+# module so that the next open logs in again (a login rewrites the token's files).
+_OPEN_REPEATEDLY = """
+import sys
+import pkcs11
+from kubeca_server.keys.pkcs11_backend import Pkcs11Backend
+module, label, pin = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().strip()
+for _ in range(40):
+    Pkcs11Backend(module, label, pin).close()
+    pkcs11.lib(module).reinitialize()
+"""
+
+
+def test_workers_starting_together_all_find_their_token(tmp_path: Path) -> None:
+    # SoftHSM leaves out a token whose files another process is rewriting while it
+    # scans them: sibling workers logging in at once saw "no token labelled ...".
+    token = make_token(tmp_path / "hsm", label="kubeca-siblings")
+    args = [SOFTHSM_MODULE, token.label, str(token.pin_file)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_REPEATEDLY, *args],
+            env=token.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    failures = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        if proc.returncode != 0:
+            failures.append(err.strip().splitlines()[-1:])
+    assert failures == []

@@ -50,6 +50,10 @@ log = structlog.get_logger("kubeca.hsm")
 
 T = TypeVar("T")
 
+# Looks for the token at start before "no such token" is the answer (see __init__).
+START_ATTEMPTS = 6
+START_RETRY_SECONDS = 0.2
+
 # Errors after which a fresh module initialization and login may help.
 RECOVERABLE: tuple[type[Exception], ...] = (
     pkcs11.exceptions.SessionHandleInvalid,
@@ -182,15 +186,27 @@ class Pkcs11Backend:
         self._pin_refused: str | None = None
         self._connections = 0
         with self._lock:
-            try:
-                self._connect()
-            except PIN_REFUSED as exc:
-                raise ConfigError(self._refuse_pin(exc)) from None
-            except pkcs11.exceptions.NoSuchToken as exc:
-                # At start a missing token is a setting to fix, not an outage to wait out.
-                raise ConfigError(self._describe(exc)) from None
-            except pkcs11.exceptions.PKCS11Error as exc:
-                raise Unavailable(self._describe(exc)) from None
+            for attempt in range(START_ATTEMPTS):
+                try:
+                    self._connect()
+                    break
+                except PIN_REFUSED as exc:
+                    raise ConfigError(self._refuse_pin(exc)) from None
+                except (pkcs11.exceptions.NoSuchToken, pkcs11.exceptions.GeneralError) as exc:
+                    # At start a missing token is a setting to fix, not an outage to wait
+                    # out; but SoftHSM skips a token whose files another process (a
+                    # sibling worker logging in) is rewriting at that moment (or fails
+                    # with CKR_GENERAL_ERROR), so look again a few times before calling
+                    # it missing.
+                    if attempt == START_ATTEMPTS - 1:
+                        if isinstance(exc, pkcs11.exceptions.NoSuchToken):
+                            raise ConfigError(self._describe(exc)) from None
+                        raise Unavailable(self._describe(exc)) from None
+                    time.sleep(START_RETRY_SECONDS)
+                    lib: Any = self._lib
+                    lib.reinitialize()
+                except pkcs11.exceptions.PKCS11Error as exc:
+                    raise Unavailable(self._describe(exc)) from None
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, pkcs11.exceptions.NoSuchToken):
