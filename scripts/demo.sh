@@ -51,6 +51,10 @@ san_dns = ["*"]
 san_cidrs = ["0.0.0.0/0", "::/0"]
 bootstrap_tokens = true
 revoke = true
+
+[service_account]
+# The fourth key: kube-apiserver's ExternalJWTSigner, on a unix socket (mode 0600).
+socket = "signer.sock"
 TOML
 
 "$bin/kubeca-server" --config "$var/kubeca.toml" init | tee "$var/init.out"
@@ -132,6 +136,9 @@ if "$bin/kubeca" pki worker --node-name worker-1 --address 192.0.2.21 \
   echo "ERROR: a used token was accepted"; exit 1
 fi
 rm -f "$var/token.json" "$var/worker-1.token"
+echo
+echo "The service-account key signs a token through the ExternalJWTSigner socket, as kube-apiserver asks:"
+"$bin/python" scripts/demo_signer.py "$var/signer.sock"
 echo
 echo "The ledger: every decision above is in a hash chain, checkpointed with an HSM signature:"
 "$bin/kubeca-server" --config "$var/kubeca.toml" audit checkpoint
