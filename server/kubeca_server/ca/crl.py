@@ -67,9 +67,6 @@ class CRLPublisher:
             return self._directory / f"{authority}.crl"
         return self._directory / f"{authority}.{generation}.crl"
 
-    def _issuer(self, name: str) -> Generation:
-        return self._registry.get(name).issuing
-
     @staticmethod
     def _counter(name: str, generation: int | None) -> str:
         return name if generation is None else f"{name}#{generation}"

@@ -19,11 +19,6 @@ class MemoryBackend:
         self.available = True
         self.connections = 1  # tests raise it to play a reconnect
 
-    def replace_key(self, label: str, algorithm: KeyAlgorithm) -> None:
-        """Put another key behind ``label`` and reconnect: a token swap, for tests."""
-        self._keys[label] = generate_private_key(algorithm)
-        self.connections += 1
-
     def find_key(self, label: str) -> CAPrivateKey | None:
         return self._keys.get(label)
 

@@ -206,10 +206,6 @@ class PostgresStore:
         except _LOST as exc:
             raise _unavailable(exc) from None
 
-    @property
-    def schema_version(self) -> int:
-        return SCHEMA_VERSION
-
     # --- the Store protocol -----------------------------------------------------------
 
     @contextmanager
