@@ -206,6 +206,10 @@ class PostgresStore:
         except _LOST as exc:
             raise _unavailable(exc) from None
 
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
     # --- the Store protocol -----------------------------------------------------------
 
     @contextmanager

@@ -119,6 +119,10 @@ class SQLiteStore:
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
 
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
     @contextmanager
     def unit(self, *, read_only: bool = False) -> Iterator[_Unit]:
         if self._read_only and not read_only:
