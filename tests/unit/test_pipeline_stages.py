@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography import x509
 from kubeca_client.errors import Aborted, InvalidArgument, Unavailable
 from kubeca_server.ca.lint import Linter
 from kubeca_server.issuance import reservation
@@ -149,9 +150,9 @@ def test_a_current_certificate_is_handed_back_without_lint_or_signature(
         def __init__(self) -> None:
             pass
 
-        def check(self, builder: Any, ca_key: Any) -> None:
+        def check(self, builder: Any, ca_key: Any) -> x509.Certificate:
             events.append("lint")
-            linter.check(builder, ca_key)
+            return linter.check(builder, ca_key)
 
     replace_keys(
         world, ca_set, lambda key: HookedKey(key, lambda: events.append("sign")), Watching()

@@ -1,20 +1,24 @@
-"""The only way a CA key signs: prepare (lint a throwaway-signed copy), then sign, once.
+"""The only way a CA key signs: prepare (lint the copy), then sign that copy, once.
 
 Leaves, CA certificates and CRLs all pass the same two steps; a template prepared by one
-signer is refused by another, a prepared template signs at most once, and a signature
-that does not verify against the CA certificate is never handed out.
+signer is refused by another, a prepared template signs at most once, the bytes the
+key signs are the bytes that were linted, and a signature that does not verify against
+the CA certificate is never handed out.
 """
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InternalError, InvalidArgument, Unavailable
 from kubeca_server.ca.lint import Linter
-from kubeca_server.ca.signer import Signer
+from kubeca_server.ca.signer import Signer, with_signature
 from kubeca_server.keys import CAPrivateKey, CAPublicKey, verify_signature
 from kubeca_server.profiles import build_ca
 
@@ -32,19 +36,19 @@ class RecordingLinter(Linter):
         self._events = events
         self._refuse = refuse
 
-    def check(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> None:
+    def check(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> x509.Certificate:
         self._events.append("lint")
         if self._refuse:
             raise InvalidArgument("the certificate would not pass lint: test says no")
-        self._inner.check(builder, ca_key)
+        return self._inner.check(builder, ca_key)
 
     def check_crl(
         self, builder: x509.CertificateRevocationListBuilder, ca_key: CAPublicKey
-    ) -> None:
+    ) -> x509.CertificateRevocationList:
         self._events.append("lint-crl")
         if self._refuse:
             raise InternalError("the CRL would not pass lint: test says no")
-        self._inner.check_crl(builder, ca_key)
+        return self._inner.check_crl(builder, ca_key)
 
 
 def counting(events: list[str]) -> HookedKey:
@@ -52,8 +56,9 @@ def counting(events: list[str]) -> HookedKey:
 
 
 def ca_template(key: CAPrivateKey | CAPublicKey) -> x509.CertificateBuilder:
-    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
-    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public = (
+        key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else key
+    )
     return build_ca("kubeca-test-ca", public, 7, NOW, timedelta(days=1))
 
 
@@ -236,3 +241,108 @@ def test_a_leaf_template_is_refused_by_lint_before_any_signature(linter: Linter)
     with pytest.raises(InvalidArgument, match="would not pass lint"):
         signer.prepare(builder)
     assert events == []
+
+
+# --- what is signed is what was linted --------------------------------------------------
+
+
+class KeepingLinter(Linter):
+    """The real linter, keeping each copy it passed."""
+
+    def __init__(self, inner: Linter) -> None:
+        self._inner = inner
+        self.copies: list[x509.Certificate | x509.CertificateRevocationList] = []
+
+    def check(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> x509.Certificate:
+        copy = self._inner.check(builder, ca_key)
+        self.copies.append(copy)
+        return copy
+
+    def check_crl(
+        self, builder: x509.CertificateRevocationListBuilder, ca_key: CAPublicKey
+    ) -> x509.CertificateRevocationList:
+        copy = self._inner.check_crl(builder, ca_key)
+        self.copies.append(copy)
+        return copy
+
+
+CA_KEYS = {
+    "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "rsa2048": lambda: rsa.generate_private_key(65537, 2048),
+    "rsa4096": lambda: rsa.generate_private_key(65537, 4096),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CA_KEYS))
+def test_the_ca_key_signs_the_very_bytes_that_were_linted(
+    kind: str, linter: Linter, tmp_path: Path
+) -> None:
+    key = CA_KEYS[kind]()
+    keeping = KeepingLinter(linter)
+    signer = Signer(key, keeping)
+    certificate = signer.sign(signer.prepare(ca_template(key)))
+    crl = signer.sign_crl(signer.prepare_crl(crl_template(certificate)))
+    linted_certificate, linted_crl = keeping.copies
+    assert isinstance(linted_certificate, x509.Certificate)
+    assert isinstance(linted_crl, x509.CertificateRevocationList)
+    assert certificate.tbs_certificate_bytes == linted_certificate.tbs_certificate_bytes
+    assert crl.tbs_certlist_bytes == linted_crl.tbs_certlist_bytes
+    # The copy held a placeholder; the result holds the key's signature, and nothing else
+    # of the encoding moved.
+    assert certificate.signature != linted_certificate.signature
+    assert certificate.signature_algorithm_oid == linted_certificate.signature_algorithm_oid
+    certificate.verify_directly_issued_by(certificate)
+    assert crl.is_signature_valid(key.public_key())
+    # And a verifier that is not cryptography agrees.
+    (tmp_path / "ca.pem").write_bytes(certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))
+    for command in (
+        ["openssl", "verify", "-CAfile", "ca.pem", "ca.pem"],
+        ["openssl", "crl", "-in", "crl.pem", "-CAfile", "ca.pem", "-noout"],
+    ):
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "OK" in done.stdout + done.stderr
+
+
+def elements(der: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) of each element of one DER SEQUENCE, read by a reader other
+    than the one under test."""
+
+    def span(at: int) -> tuple[int, int]:
+        first = der[at + 1]
+        if first < 0x80:
+            return at + 2, first
+        count = first & 0x7F
+        return at + 2 + count, int.from_bytes(der[at + 2 : at + 2 + count], "big")
+
+    assert der[0] == 0x30
+    start, length = span(0)
+    assert start + length == len(der)
+    found, at = [], start
+    while at < len(der):
+        content, size = span(at)
+        found.append((der[at], der[content : content + size]))
+        at = content + size
+    return found
+
+
+@pytest.mark.parametrize("size", [0, 1, 0x7E, 0x7F, 0x80, 0xFF, 0x100, 0x10000])
+def test_with_signature_replaces_only_the_signature(size: int) -> None:
+    """DER lengths in every form (short, one byte, two, three) on both sides."""
+    body = b"\x30\x03\x02\x01\x05" + b"\x30\x00" + b"\x03\x02\x00\xaa"
+    der = bytes((0x30, len(body))) + body
+    signature = (bytes(range(256)) * (size // 256 + 1))[:size]
+    assert elements(with_signature(der, signature)) == [
+        (0x30, b"\x02\x01\x05"),
+        (0x30, b""),
+        (0x03, b"\x00" + signature),
+    ]
+
+
+def test_a_copy_that_is_not_a_signed_structure_is_refused() -> None:
+    with pytest.raises(InternalError, match="not one DER SEQUENCE"):
+        with_signature(b"\x31\x00", b"sig")
+    with pytest.raises(InternalError, match="does not end with its signature"):
+        with_signature(b"\x30\x04\x30\x00\x30\x00", b"sig")

@@ -86,19 +86,19 @@ class Generation:
     def issuer(self) -> Issuer:
         return Issuer(self.certificate.subject, self.key_id, self.not_after)
 
-    def prepare(self, builder: x509.CertificateBuilder) -> Prepared[x509.CertificateBuilder]:
+    def prepare(self, builder: x509.CertificateBuilder) -> Prepared[x509.Certificate]:
         return self.signer.prepare(builder)
 
-    def sign(self, prepared: Prepared[x509.CertificateBuilder]) -> x509.Certificate:
+    def sign(self, prepared: Prepared[x509.Certificate]) -> x509.Certificate:
         return self.signer.sign(prepared)
 
     def prepare_crl(
         self, builder: x509.CertificateRevocationListBuilder
-    ) -> Prepared[x509.CertificateRevocationListBuilder]:
+    ) -> Prepared[x509.CertificateRevocationList]:
         return self.signer.prepare_crl(builder)
 
     def sign_crl(
-        self, prepared: Prepared[x509.CertificateRevocationListBuilder]
+        self, prepared: Prepared[x509.CertificateRevocationList]
     ) -> x509.CertificateRevocationList:
         return self.signer.sign_crl(prepared)
 

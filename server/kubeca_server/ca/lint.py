@@ -1,9 +1,12 @@
 """Lint a certificate or CRL before a CA key signs it (boulder's order of operations).
 
-The template is first signed with a throwaway key of the CA's kind, so the copy has
-the same TBS layout and signature algorithm as the real one; pkilint's RFC 5280 checks
-run on that copy; only a clean template reaches the HSM. A malformed certificate or
-CRL is therefore never signed by a CA key. ``ca.signer.Signer`` is the only caller.
+The template is first made into a *copy*: the certificate (or CRL) exactly as the CA
+key will sign it, to the byte, but with a placeholder where the signature goes
+(``stand_in_copy``). pkilint's RFC 5280 checks run on that copy; only a clean copy
+reaches the HSM, and the HSM then signs the copy's own to-be-signed bytes (see
+``ca.signer``): what is signed is what was linted, and the template is encoded once.
+A malformed certificate or CRL is therefore never signed by a CA key.
+``ca.signer.Signer`` is the only caller.
 
 Every certificate is linted, but pkilint need not redo what cannot change. A
 certificate's *shape* is everything pkilint's verdict could depend on except its DNS
@@ -12,10 +15,10 @@ SANs by the kinds of name they hold), the key's type and size, the issuer and si
 algorithm, the validity's encodings, the serial's length. The first certificate of a
 shape is linted whole and the verdict on everything but its names is kept; each later
 certificate of that shape has its names checked by the same rule pkilint applies to
-them (its own domain-name predicate), and refuses on the same findings. The shape is read from
-the certificate itself (a copy signed with a fast throwaway key), never taken from the
-caller. tests/unit/test_lint_shapes.py holds this against pkilint run whole, over
-generated certificates of every profile.
+them (its own domain-name predicate), and refuses on the same findings. The shape is
+read from the copy itself, never taken from the caller. tests/unit/test_lint_shapes.py
+holds this against pkilint run whole on a really signed certificate, over generated
+certificates of every profile.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InternalError, InvalidArgument
 from kubeca_client.names import is_dns1123_subdomain
 from pkilint import loader, pkix
 from pkilint.pkix import certificate, crl, extension, general_name, name
 
-from kubeca_server.keys import CAPublicKey, signature_hash
+from kubeca_server.keys import CAPrivateKey, CAPublicKey, signature_hash
+from kubeca_server.keys.hsm_key import HsmEcPrivateKey, HsmRsaPrivateKey
 
 FAILING = {"FATAL", "ERROR"}
 # pkilint checks DNS names with the web-PKI rule of its `validators` dependency, which
@@ -106,6 +110,36 @@ def _crl_validator() -> Any:
 
 
 ThrowawayKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _placeholder(ca_key: CAPublicKey) -> bytes:
+    """A signature-shaped value as long as the CA key's longest: a DER ECDSA-Sig-Value
+    with both integers at full size, or an RSA signature's length."""
+    if isinstance(ca_key, ec.EllipticCurvePublicKey):
+        top = (1 << (ca_key.curve.key_size - 1)) | 1
+        return encode_dss_signature(top, top)
+    return b"\x01" * (ca_key.key_size // 8)
+
+
+def _stand_in(ca_key: CAPublicKey) -> CAPrivateKey:
+    """A key object of the CA key's kind whose "signature" is the placeholder."""
+    signature = _placeholder(ca_key)
+    if isinstance(ca_key, ec.EllipticCurvePublicKey):
+        return HsmEcPrivateKey("stand-in", ca_key, lambda data, digest: signature)
+    return HsmRsaPrivateKey("stand-in", ca_key, lambda data, digest: signature)
+
+
+def stand_in_copy(builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> x509.Certificate:
+    """The certificate ``builder`` makes under ``ca_key`` (issuer, signature algorithm,
+    every byte of the TBS), with a placeholder signature: what is linted, then signed."""
+    return builder.sign(_stand_in(ca_key), signature_hash(ca_key))
+
+
+def stand_in_crl(
+    builder: x509.CertificateRevocationListBuilder, ca_key: CAPublicKey
+) -> x509.CertificateRevocationList:
+    """``stand_in_copy`` for a CRL."""
+    return builder.sign(_stand_in(ca_key), signature_hash(ca_key))
 
 
 def _generate_like(ca_key: CAPublicKey) -> ThrowawayKey:
@@ -195,9 +229,6 @@ class Linter:
         self._throwaway: dict[str, ThrowawayKey] = {}
         self._lock = threading.Lock()
         self._cache = cache
-        # Shapes are cut from a copy signed by this fast key; the real lint of a new
-        # shape uses a throwaway of the CA's own kind (its signature algorithm).
-        self._probe_key = ec.generate_private_key(ec.SECP256R1())
         self._verdicts: dict[tuple[Hashable, ...], tuple[Finding, ...]] = {}
         self.shapes_linted = 0  # how many whole pkilint runs the cache needed
 
@@ -229,13 +260,18 @@ class Linter:
 
     def refusals(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> list[Finding]:
         """The findings that would refuse this template, as pkilint run whole finds them."""
+        return self._judge(builder, stand_in_copy(builder, ca_key), ca_key)
+
+    def _judge(
+        self, builder: x509.CertificateBuilder, copy: x509.Certificate, ca_key: CAPublicKey
+    ) -> list[Finding]:
         if not self._cache:
+            # The reference: pkilint whole, on a certificate with a real signature.
             return self._whole(builder, ca_key)
-        probe = builder.sign(self._probe_key, hashes.SHA256())
-        shape = _shape(probe, ca_key)
+        shape = _shape(copy, ca_key)
         verdict = self._verdicts.get(shape)
         if verdict is None:
-            errors = self._whole(builder, ca_key)
+            errors = self.errors(copy.public_bytes(Encoding.DER))
             # What depends on this certificate's own names is judged again each time.
             kept = tuple(f for f in errors if f.code != DNS_SYNTAX)
             with self._lock:
@@ -244,23 +280,26 @@ class Linter:
                 self._verdicts[shape] = kept
                 self.shapes_linted += 1
             return errors
-        named = [f for n in _dns_names(probe) if (f := _name_finding(n)) is not None]
+        named = [f for n in _dns_names(copy) if (f := _name_finding(n)) is not None]
         return [*verdict, *(f for f in named if not _accepted(f))]
 
-    def check(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> None:
-        """Refuse the template unless its throwaway-signed copy lints clean."""
-        errors = self.refusals(builder, ca_key)
+    def check(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> x509.Certificate:
+        """Refuse the template unless it lints clean; return the copy that was linted
+        (``stand_in_copy``), whose to-be-signed bytes the CA key is to sign."""
+        copy = stand_in_copy(builder, ca_key)
+        errors = self._judge(builder, copy, ca_key)
         if errors:
             raise InvalidArgument(
                 "the certificate would not pass lint, so it was not signed: "
                 + "; ".join(str(e) for e in errors[:5])
             )
+        return copy
 
     def check_crl(
         self, builder: x509.CertificateRevocationListBuilder, ca_key: CAPublicKey
-    ) -> None:
-        """Refuse the CRL unless its throwaway-signed copy lints clean."""
-        copy = builder.sign(self._throwaway_like(ca_key), signature_hash(ca_key))
+    ) -> x509.CertificateRevocationList:
+        """Refuse the CRL unless it lints clean; return the copy that was linted."""
+        copy = stand_in_crl(builder, ca_key)
         errors = _refusals(self.crl_findings(copy.public_bytes(Encoding.DER)))
         if errors:
             # Nothing in a CRL comes from a caller: a finding here is kubeca's own bug.
@@ -268,3 +307,4 @@ class Linter:
                 "the CRL would not pass lint, so it was not signed: "
                 + "; ".join(str(e) for e in errors[:5])
             )
+        return copy

@@ -1,11 +1,13 @@
 """The only way a CA key signs anything: prepare (lint), then sign, once.
 
 Like boulder's issuance package, lint-before-sign is enforced by a type rather than by
-convention: ``Signer.prepare`` lints a throwaway-signed copy of a certificate or CRL
-template and returns a ``Prepared`` value; ``Signer.sign`` accepts only a value that this
-signer prepared and has not signed yet, signs it with the HSM key, and checks the
-signature before returning. The key object itself never leaves the signer, so leaves,
-CA certificates, the service's TLS certificate, operator credentials and CRLs all pass
+convention: ``Signer.prepare`` lints the copy of a certificate or CRL template that
+carries a placeholder signature (``lint.stand_in_copy``) and returns a ``Prepared``
+value; ``Signer.sign`` accepts only a value that this signer prepared and has not signed
+yet, has the HSM key sign that copy's to-be-signed bytes, checks the signature, and puts
+it in the placeholder's place. So the bytes signed are the bytes linted, and a template
+is encoded once. The key object itself never leaves the signer, so leaves, CA
+certificates, the service's TLS certificate, operator credentials and CRLs all pass
 through the same two steps.
 """
 
@@ -18,29 +20,59 @@ from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 from kubeca_client.errors import InternalError, Unavailable
 
 from kubeca_server.ca.lint import Linter
-from kubeca_server.keys import (
-    CAPrivateKey,
-    CAPublicKey,
-    sign_bytes,
-    signature_hash,
-    verify_signature,
-)
+from kubeca_server.keys import CAPrivateKey, CAPublicKey, sign_bytes, verify_signature
 
-Builder = TypeVar("Builder", x509.CertificateBuilder, x509.CertificateRevocationListBuilder)
+Copy = TypeVar("Copy", x509.Certificate, x509.CertificateRevocationList)
 
 
-class Prepared(Generic[Builder]):
-    """A template that passed lint: the signer that prepared it signs it at most once."""
+class Prepared(Generic[Copy]):
+    """A copy that passed lint: the signer that prepared it signs it at most once."""
 
-    __slots__ = ("_builder", "_signed", "_signer")
+    __slots__ = ("_copy", "_signed", "_signer")
 
-    def __init__(self, builder: Builder, signer: Signer) -> None:
-        self._builder: Builder = builder
+    def __init__(self, copy: Copy, signer: Signer) -> None:
+        self._copy: Copy = copy
         self._signer = signer
         self._signed = False
+
+
+def _element(der: bytes, offset: int) -> int:
+    """The end of the DER element that starts at ``offset``."""
+    first = der[offset + 1]
+    if first < 0x80:
+        return offset + 2 + first
+    count = first & 0x7F
+    length = int.from_bytes(der[offset + 2 : offset + 2 + count], "big")
+    return offset + 2 + count + length
+
+
+def _header(tag: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes((tag, length))
+    size = (length.bit_length() + 7) // 8
+    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
+
+
+def with_signature(der: bytes, signature: bytes) -> bytes:
+    """``der`` (a certificate or CRL: SEQUENCE of the signed part, the algorithm, the
+    signature BIT STRING) with ``signature`` in place of the one it holds."""
+    if der[0] != 0x30 or _element(der, 0) != len(der):
+        raise InternalError("a linted copy is not one DER SEQUENCE")
+    body = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
+    algorithm_end = _element(der, _element(der, body))
+    if (
+        algorithm_end >= len(der)
+        or der[algorithm_end] != 0x03
+        or _element(der, algorithm_end) != len(der)
+    ):
+        raise InternalError("a linted copy does not end with its signature")
+    bits = _header(0x03, len(signature) + 1) + b"\x00" + signature
+    content = der[body:algorithm_end] + bits
+    return _header(0x30, len(content)) + content
 
 
 class Signer:
@@ -68,18 +100,16 @@ class Signer:
         """The key's label in the token, or "" for a key that has none (memory)."""
         return str(getattr(self._key, "label", ""))
 
-    def prepare(self, builder: x509.CertificateBuilder) -> Prepared[x509.CertificateBuilder]:
+    def prepare(self, builder: x509.CertificateBuilder) -> Prepared[x509.Certificate]:
         """Lint ``builder`` (InvalidArgument naming the findings if it fails)."""
-        self._linter.check(builder, self.public_key)
-        return Prepared(builder, self)
+        return Prepared(self._linter.check(builder, self.public_key), self)
 
     def prepare_crl(
         self, builder: x509.CertificateRevocationListBuilder
-    ) -> Prepared[x509.CertificateRevocationListBuilder]:
-        self._linter.check_crl(builder, self.public_key)
-        return Prepared(builder, self)
+    ) -> Prepared[x509.CertificateRevocationList]:
+        return Prepared(self._linter.check_crl(builder, self.public_key), self)
 
-    def _take(self, prepared: Prepared[Builder]) -> Builder:
+    def _take(self, prepared: Prepared[Copy]) -> Copy:
         self._before_signing()
         with self._lock:
             if prepared._signer is not self:
@@ -87,28 +117,32 @@ class Signer:
             if prepared._signed:
                 raise InternalError("a prepared template was handed to be signed twice")
             prepared._signed = True
-        return prepared._builder
+        return prepared._copy
 
-    def sign(self, prepared: Prepared[x509.CertificateBuilder]) -> x509.Certificate:
-        builder = self._take(prepared)
-        certificate = builder.sign(self._key, signature_hash(self._key))
-        self._check(certificate.signature, certificate.tbs_certificate_bytes)
-        return certificate
+    def sign(self, prepared: Prepared[x509.Certificate]) -> x509.Certificate:
+        copy = self._take(prepared)
+        signature = self._signature(copy.tbs_certificate_bytes)
+        return x509.load_der_x509_certificate(
+            with_signature(copy.public_bytes(Encoding.DER), signature)
+        )
 
     def sign_crl(
-        self, prepared: Prepared[x509.CertificateRevocationListBuilder]
+        self, prepared: Prepared[x509.CertificateRevocationList]
     ) -> x509.CertificateRevocationList:
-        builder = self._take(prepared)
-        crl = builder.sign(self._key, signature_hash(self._key))
-        self._check(crl.signature, crl.tbs_certlist_bytes)
-        return crl
+        copy = self._take(prepared)
+        signature = self._signature(copy.tbs_certlist_bytes)
+        return x509.load_der_x509_crl(with_signature(copy.public_bytes(Encoding.DER), signature))
+
+    def _signature(self, data: bytes) -> bytes:
+        """The CA key's signature over ``data`` (the HSM's), checked."""
+        signature = sign_bytes(self._key, data)
+        self._check(signature, data)
+        return signature
 
     def sign_bytes(self, data: bytes) -> bytes:
         """A bare signature (audit checkpoints): not X.509, so nothing to lint."""
         self._before_signing()
-        signature = sign_bytes(self._key, data)
-        self._check(signature, data)
-        return signature
+        return self._signature(data)
 
     def signs_for(self, public_key: CAPublicKey) -> bool:
         """Whether the key in the HSM makes signatures ``public_key`` verifies: a fresh
