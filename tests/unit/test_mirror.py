@@ -11,6 +11,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubeca_client.errors import Unavailable
@@ -139,6 +140,52 @@ def test_records_a_dead_worker_never_mirrored_are_appended_by_the_next_commit(
         (4, "after"),
     ]
     assert problems_of(path, store) == Verification()
+
+
+def test_rows_that_follow_the_file_are_appended_without_reading_the_chain_back(
+    tmp_path: Path,
+) -> None:
+    class Counting(MemoryStore):
+        reads = 0
+
+        def unit(self, *, read_only: bool = False) -> Any:
+            Counting.reads += read_only
+            return super().unit(read_only=read_only)
+
+    store = Counting()
+    ledger = Ledger(store, Mirror(tmp_path / "audit.log"))
+    try:
+        for n in range(5):
+            ledger.commit(Entry("thing", {"n": n}))
+        assert Counting.reads == 0
+        # A gap (a writer that died between its commit and its mirror write): the file
+        # is brought up from the chain, in order.
+        committed_behind_the_mirrors_back(store, "lost")
+        ledger.commit(Entry("after"))
+        assert Counting.reads >= 1
+    finally:
+        ledger.close()
+    assert [r["event"] for r in read_audit(tmp_path / "audit.log")] == [
+        *["thing"] * 5,
+        "lost",
+        "after",
+    ]
+    assert problems_of(tmp_path / "audit.log", store) == Verification()
+
+
+@pytest.mark.parametrize("size", [10, 4000, 5000, 70_000, 200_000])
+def test_the_last_sequence_number_is_found_behind_a_line_of_any_length(
+    store: MemoryStore, tmp_path: Path, size: int
+) -> None:
+    committed_behind_the_mirrors_back(store, "short")
+    with store.unit() as unit:
+        unit.audit.append({"event": "long", "padding": "x" * size})
+    mirror = Mirror(tmp_path / "audit.log")
+    try:
+        assert mirror.sync(store) == 2
+    finally:
+        mirror.close()
+    assert last_seq(tmp_path / "audit.log") == 2
 
 
 def test_the_next_start_catches_up_too(store: MemoryStore, tmp_path: Path) -> None:

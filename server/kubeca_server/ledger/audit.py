@@ -132,8 +132,9 @@ class Ledger:
             # Nothing of the batch is durable: every caller in it hears why.
             for pending in batch:
                 pending.row, pending.error = None, pending.error or exc
-        if any(p.row is not None for p in batch):
-            self.sync_mirror()
+        committed = [p.row for p in batch if p.row is not None]
+        if committed:
+            self.sync_mirror(committed)
         for pending in batch:
             pending.done = True
 
@@ -163,11 +164,12 @@ class Ledger:
             )
         )
 
-    def sync_mirror(self) -> None:
-        """Bring the JSON-lines mirror up to the chain's head; a failure here loses
-        nothing (the chain holds the records), so it is logged, not raised."""
+    def sync_mirror(self, committed: Sequence[ChainRow] = ()) -> None:
+        """Bring the JSON-lines mirror up to the chain's head (``committed``: the rows
+        just written, in order); a failure here loses nothing (the chain holds the
+        records), so it is logged, not raised."""
         try:
-            self._mirror.sync(self._store)
+            self._mirror.sync(self._store, committed)
         except (OSError, KubecaError) as exc:
             log.error("audit.mirror_failed", error=str(exc))
 

@@ -6,6 +6,11 @@ chain row past the last sequence number the file holds, in order. So the file ne
 holds a gap or a reordering, and a record whose writer died before mirroring it (kill
 -9 between the commit and the write) is appended by the next sync: the next record
 anyone commits, or the next start.
+
+A writer that has just committed rows hands them to ``sync``: when they follow the
+file's last line directly (the common case) they are appended as they are, without
+reading the chain back; otherwise (a gap: rows of a writer that died, or of one still
+waiting for the lock) the file is brought up from the chain itself.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import fcntl
 import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,9 @@ from kubeca_server.ledger.chain import ChainRow
 from kubeca_server.store.roles import Store
 
 PAGE = 500
+# A record's line is about a kilobyte: the first read of the tail is one page, and
+# each further read doubles, up to this.
+TAIL_FIRST = 4096
 TAIL_CHUNK = 64 * 1024
 
 
@@ -45,19 +54,26 @@ def last_seq(path: Path) -> int:
 
 def _last_seq(fd: int) -> int:
     end = os.lseek(fd, 0, os.SEEK_END)
-    position, tail = end, b""
+    position, tail, step = end, b"", TAIL_FIRST
     while position > 0:
-        step = min(TAIL_CHUNK, position)
+        step = min(step, position)
         position -= step
         tail = os.pread(fd, step, position) + tail
-        lines = tail.rstrip(b"\n").split(b"\n")
-        if len(lines) > 1 or position == 0:
+        body = tail.rstrip(b"\n")
+        start = body.rfind(b"\n")
+        if start >= 0 or position == 0:
             try:
-                seq = json.loads(lines[-1]).get("seq", 0)
+                seq = json.loads(body[start + 1 :]).get("seq", 0)
             except (ValueError, AttributeError):
                 return 0
             return seq if isinstance(seq, int) else 0
+        step = min(2 * step, TAIL_CHUNK)
     return 0
+
+
+def _follow(after: int, rows: Sequence[ChainRow]) -> bool:
+    """Whether ``rows`` are the chain's next rows after sequence number ``after``."""
+    return all(row.seq == after + 1 + i for i, row in enumerate(rows))
 
 
 class Mirror:
@@ -70,14 +86,18 @@ class Mirror:
         self.path = path
         self._lock = threading.Lock()
 
-    def sync(self, store: Store) -> int:
-        """Append what the chain holds past the file's last line; return how many."""
+    def sync(self, store: Store, committed: Sequence[ChainRow] = ()) -> int:
+        """Append what the chain holds past the file's last line; return how many.
+        ``committed``: rows the caller has just committed, in order, if it has them."""
         written = 0
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 self._drop_partial_line()
                 after = _last_seq(self._fd)
+                if committed and _follow(after, committed):
+                    self._append("".join(mirror_line(r) + "\n" for r in committed).encode())
+                    return len(committed)
                 while True:
                     with store.unit(read_only=True) as unit:
                         rows = unit.audit.rows(after, PAGE)
