@@ -145,7 +145,7 @@ class RunningServer:
 
     config: Path
     token: Token
-    workers: int = 1
+    workers: int | None = 1  # None: serve's own default (one per core)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -233,8 +233,7 @@ class RunningServer:
                     "--config",
                     str(self.config),
                     "serve",
-                    "--workers",
-                    str(self.workers),
+                    *(["--workers", str(self.workers)] if self.workers is not None else []),
                 ],
                 env=self.token.env,
                 stdout=log,

@@ -111,7 +111,11 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the gRPC API")
     serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: one per core this process may "
+        "run on; one when the config listens on port 0, which cannot be shared)",
     )
     return parser
 
@@ -240,10 +244,10 @@ def _ca(config: ServerConfig, args: argparse.Namespace) -> int:
 
 
 def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
-    from kubeca_server.process import serve
+    from kubeca_server.process import MAX_WORKERS, serve
 
-    if not 1 <= args.workers <= 64:
-        raise InvalidArgument("--workers must be between 1 and 64")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise InvalidArgument(f"--workers must be between 1 and {MAX_WORKERS}")
     serve(config, args.workers)
     return 0
 

@@ -10,6 +10,7 @@ it) when they keep dying or when one reports a configuration error.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -78,8 +79,22 @@ def _worker_main(config_path: str, index: int) -> None:
         sys.exit(exc.exit_code)
 
 
-def serve(config: ServerConfig, workers: int) -> None:
+MAX_WORKERS = 64
+
+
+def default_workers(config: ServerConfig) -> int:
+    """One worker per core this process may run on (PKCS#11 calls are serialized within
+    a process, so processes are how signing scales: hsm-notes.md §1); one when the
+    config listens on port 0, since an ephemeral port cannot be shared by several."""
+    if config.listen.endswith(":0"):
+        return 1
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def serve(config: ServerConfig, workers: int | None = None) -> None:
     check_startup(config)
+    if workers is None:
+        workers = default_workers(config)
     if config.metrics_listen is not None:
         # Before any worker exists (or this process records anything): they all share
         # the directory the /metrics endpoint here reads.

@@ -74,6 +74,26 @@ def in_process_session(initialized: tuple[Token, Path]) -> Iterator[pkcs11.Sessi
         session.close()
 
 
+def test_serve_runs_one_worker_per_core_unless_told(initialized: tuple[Token, Path]) -> None:
+    token, config = initialized
+    server = RunningServer(config, token, workers=None)
+    logged_before = server.log_path.stat().st_size if server.log_path.exists() else 0
+    server.start()
+    try:
+        with server.client(30) as client:
+            assert client.ca_certificates("kubernetes-ca")
+    finally:
+        assert server.stop() == 0
+    with server.log_path.open("rb") as log:
+        log.seek(logged_before)
+        lines = log.read().decode().splitlines()
+    events = [json.loads(line) for line in lines if line[:1] == "{"]
+    cores = len(os.sched_getaffinity(0))
+    assert sum(e.get("event") == "server.listening" for e in events) == cores
+    if cores > 1:
+        assert [e["workers"] for e in events if e.get("event") == "server.supervising"] == [cores]
+
+
 def test_ca_keys_in_the_token_are_sensitive_never_extractable_and_sign_only(
     in_process_session: pkcs11.Session,
 ) -> None:
