@@ -1,8 +1,9 @@
 """Where a worker's time goes under load: py-spy on every kubeca worker during a phase.
 
-    .venv/bin/python bench/spy.py [ECDSA-P256|RSA-2048] [seconds] [wall|gil]
+    .venv/bin/python bench/spy.py [ECDSA-P256|RSA-2048] [seconds] [wall|gil] [connections]
 
-Starts kubeca as `make bench` does, drives it with 16 connections from the native load
+Starts kubeca as `make bench` does, drives it with 16 connections (or as many as
+given) from the native load
 generator, records each worker with py-spy (collapsed stacks, bench/results/), and
 prints the share of samples under the frames that matter on the hot path. "gil" (the
 default) samples only the thread holding the GIL: where the Python CPU goes; "wall"
@@ -66,6 +67,7 @@ def main() -> int:
     algorithm = KeyAlgorithm(sys.argv[1] if len(sys.argv) > 1 else "ECDSA-P256")
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
     mode = sys.argv[3] if len(sys.argv) > 3 else "gil"
+    connections = sys.argv[4] if len(sys.argv) > 4 else "16"
     loadgen.build()
     csr = build_csr(generate_private_key(KeyAlgorithm.ECDSA_P256))
     out = issuance.RESULTS
@@ -99,7 +101,7 @@ def main() -> int:
             args = [
                 "-mode", "grpc", "-target", server.address, "-body", str(body),
                 "-ca", str(server.service_ca), "-cert", str(server.credentials_dir / "client.crt"),
-                "-key", str(server.credentials_dir / "client.key"), "-c", "16",
+                "-key", str(server.credentials_dir / "client.key"), "-c", connections,
                 "-seconds", str(seconds),
             ]  # fmt: skip
             result = loadgen.run_phase(args, start, lambda: None)
@@ -108,7 +110,8 @@ def main() -> int:
         finally:
             server.stop()
     print(
-        f"{algorithm.value}, 16 connections: {result.rate:.0f} certs/s, p99 {result.p99_ms:.1f} ms"
+        f"{algorithm.value}, {connections} connections: {result.rate:.0f} certs/s, "
+        f"p99 {result.p99_ms:.1f} ms"
     )
     for _, path in spies:
         total, inclusive, leaf = summarize(path)
