@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -42,6 +43,8 @@ def authority_key_identifier(certificate: x509.Certificate) -> bytes | None:
     return value.key_identifier
 
 
+# Both are frozen, and what their cached properties derive from (a certificate, a tuple
+# of generations) never changes: each is computed once, not on every request.
 @dataclass(frozen=True)
 class Generation:
     """One key generation of a CA: its certificate, its signer, its state.
@@ -58,19 +61,19 @@ class Generation:
     # This generation's certificate signed by the one before it (rotation), or "".
     cross_certificate_pem: str = ""
 
-    @property
+    @cached_property
     def certificate_pem(self) -> str:
         return self.certificate.public_bytes(Encoding.PEM).decode()
 
-    @property
+    @cached_property
     def ca_cert_hash(self) -> str:
         return spki_hash(self.certificate)
 
-    @property
+    @cached_property
     def key_id(self) -> bytes:
         return key_identifier(self.certificate)
 
-    @property
+    @cached_property
     def key_id_hex(self) -> str:
         return self.key_id.hex()
 
@@ -82,7 +85,7 @@ class Generation:
     def not_after(self) -> datetime:
         return self.certificate.not_valid_after_utc
 
-    @property
+    @cached_property
     def issuer(self) -> Issuer:
         return Issuer(self.certificate.subject, self.key_id, self.not_after)
 
@@ -110,7 +113,7 @@ class CertificateAuthority:
     name: str
     generations: tuple[Generation, ...]
 
-    @property
+    @cached_property
     def issuing(self) -> Generation:
         issuing = [g for g in self.generations if g.state is GenerationState.ISSUING]
         if len(issuing) != 1:
@@ -123,7 +126,7 @@ class CertificateAuthority:
         rest = [g for g in self.generations if g.state is GenerationState.TRUSTED]
         return (self.issuing, *rest)
 
-    @property
+    @cached_property
     def bundle_pem(self) -> str:
         return "".join(g.certificate_pem for g in self.published)
 
