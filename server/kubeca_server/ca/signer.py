@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from asn1crypto import crl as asn1_crl
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -40,39 +42,18 @@ class Prepared(Generic[Copy]):
         self._signed = False
 
 
-def _element(der: bytes, offset: int) -> int:
-    """The end of the DER element that starts at ``offset``."""
-    first = der[offset + 1]
-    if first < 0x80:
-        return offset + 2 + first
-    count = first & 0x7F
-    length = int.from_bytes(der[offset + 2 : offset + 2 + count], "big")
-    return offset + 2 + count + length
-
-
-def _header(tag: int, length: int) -> bytes:
-    if length < 0x80:
-        return bytes((tag, length))
-    size = (length.bit_length() + 7) // 8
-    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
-
-
-def with_signature(der: bytes, signature: bytes) -> bytes:
-    """``der`` (a certificate or CRL: SEQUENCE of the signed part, the algorithm, the
-    signature BIT STRING) with ``signature`` in place of the one it holds."""
-    if der[0] != 0x30 or _element(der, 0) != len(der):
-        raise InternalError("a linted copy is not one DER SEQUENCE")
-    body = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
-    algorithm_end = _element(der, _element(der, body))
-    if (
-        algorithm_end >= len(der)
-        or der[algorithm_end] != 0x03
-        or _element(der, algorithm_end) != len(der)
-    ):
-        raise InternalError("a linted copy does not end with its signature")
-    bits = _header(0x03, len(signature) + 1) + b"\x00" + signature
-    content = der[body:algorithm_end] + bits
-    return _header(0x30, len(content)) + content
+def with_signature(copy: Copy, signature: bytes) -> bytes:
+    """The DER of ``copy`` with ``signature`` in its placeholder's place. asn1crypto
+    re-encodes only what changed (the signature's BIT STRING and the outer SEQUENCE's
+    length); the signed part keeps the very bytes that were linted."""
+    der = copy.public_bytes(Encoding.DER)
+    if isinstance(copy, x509.Certificate):
+        certificate = asn1_x509.Certificate.load(der)
+        certificate["signature_value"] = signature
+        return bytes(certificate.dump())
+    crl = asn1_crl.CertificateList.load(der)
+    crl["signature"] = signature
+    return bytes(crl.dump())
 
 
 class Signer:
@@ -122,16 +103,14 @@ class Signer:
     def sign(self, prepared: Prepared[x509.Certificate]) -> x509.Certificate:
         copy = self._take(prepared)
         signature = self._signature(copy.tbs_certificate_bytes)
-        return x509.load_der_x509_certificate(
-            with_signature(copy.public_bytes(Encoding.DER), signature)
-        )
+        return x509.load_der_x509_certificate(with_signature(copy, signature))
 
     def sign_crl(
         self, prepared: Prepared[x509.CertificateRevocationList]
     ) -> x509.CertificateRevocationList:
         copy = self._take(prepared)
         signature = self._signature(copy.tbs_certlist_bytes)
-        return x509.load_der_x509_crl(with_signature(copy.public_bytes(Encoding.DER), signature))
+        return x509.load_der_x509_crl(with_signature(copy, signature))
 
     def _signature(self, data: bytes) -> bytes:
         """The CA key's signature over ``data`` (the HSM's), checked."""
