@@ -224,6 +224,25 @@ class RunningServer:
     def audit_log(self) -> Path:
         return self.state_dir / "audit.log"
 
+    def health(self) -> int:
+        """The CA service's gRPC health status, asked on the bootstrap port without a
+        client certificate (health is for anyone)."""
+        with grpc.secure_channel(
+            self.bootstrap_address, self.credentials(operator=False)
+        ) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="kubeca.v1.CertificateAuthority"), timeout=5
+            )
+            return int(reply.status)
+
+    def wait_health(self, status: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.health() == status:
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"health did not become {status} within {timeout}s")
+
     def start(self, timeout: float = 60) -> RunningServer:
         self.ensure_credentials()
         with self.log_path.open("ab") as log:

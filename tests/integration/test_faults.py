@@ -16,10 +16,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography import x509
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from kubeca_client.authorities import SERVICE_CA
 from kubeca_client.client import Client, channel_credentials
 from kubeca_client.errors import Unauthenticated, Unavailable
@@ -43,26 +42,6 @@ from tests.support import (
 )
 
 LABEL = "kubeca-swap"
-
-
-def _health(server: RunningServer) -> int:
-    # The bootstrap port, without a client certificate: health is for anyone.
-    with grpc.secure_channel(
-        server.bootstrap_address, server.credentials(operator=False)
-    ) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="kubeca.v1.CertificateAuthority"), timeout=5
-        )
-        return int(reply.status)
-
-
-def _wait_health(server: RunningServer, status: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _health(server) == status:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"health did not become {status} within {timeout}s")
 
 
 def _issue_admin(client: Client) -> str:
@@ -100,15 +79,15 @@ def test_a_token_with_other_keys_behind_the_same_labels_makes_the_service_unavai
             # The swap: the server's token directory now holds the twin.
             tokens.rename(away)
             shutil.copytree(twin.dir / "tokens", tokens)
-            _wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+            server.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             for _ in range(3):
                 with pytest.raises(Unavailable, match="the HSM's keys do not match the CA"):
                     _issue_admin(client)
-            assert _health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
             # The right token back: the keys check out again.
             shutil.rmtree(tokens)
             away.rename(tokens)
-            _wait_health(server, health_pb2.HealthCheckResponse.SERVING)
+            server.wait_health(health_pb2.HealthCheckResponse.SERVING)
             after = _issue_admin(client)
             serials = {c.serial for c in client.certificates(profile="admin")}
     finally:

@@ -10,18 +10,16 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pkcs11
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from kubeca_client.client import Client
 from kubeca_client.errors import Unavailable
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key
@@ -306,26 +304,6 @@ def test_backend_recovers_a_lost_session(
         backend.close()
 
 
-def _health(server: RunningServer) -> int:
-    # The bootstrap port, without a client certificate: health is for anyone.
-    with grpc.secure_channel(
-        server.bootstrap_address, server.credentials(operator=False)
-    ) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="kubeca.v1.CertificateAuthority"), timeout=5
-        )
-        return int(reply.status)
-
-
-def _wait_health(server: RunningServer, status: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _health(server) == status:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"health did not become {status} within {timeout}s")
-
-
 def test_losing_the_token_makes_the_service_unavailable_until_it_returns(tmp_path: Path) -> None:
     token = make_token(tmp_path / "hsm")
     config = write_server_config(tmp_path / "server", token)
@@ -338,12 +316,12 @@ def test_losing_the_token_makes_the_service_unavailable_until_it_returns(tmp_pat
             _issue_admin(client)
             tokens.rename(away)
             tokens.mkdir()
-            _wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+            server.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(Unavailable):
                 _issue_admin(client)
             tokens.rmdir()
             away.rename(tokens)
-            _wait_health(server, health_pb2.HealthCheckResponse.SERVING)
+            server.wait_health(health_pb2.HealthCheckResponse.SERVING)
             _issue_admin(client)
     finally:
         if away.exists():
