@@ -109,9 +109,6 @@ def _crl_validator() -> Any:
     )
 
 
-ThrowawayKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
 def _placeholder(ca_key: CAPublicKey) -> bytes:
     """A signature-shaped value as long as the CA key's longest: a DER ECDSA-Sig-Value
     with both integers at full size, or an RSA signature's length."""
@@ -140,12 +137,6 @@ def stand_in_crl(
 ) -> x509.CertificateRevocationList:
     """``stand_in_copy`` for a CRL."""
     return builder.sign(_stand_in(ca_key), signature_hash(ca_key))
-
-
-def _generate_like(ca_key: CAPublicKey) -> ThrowawayKey:
-    if isinstance(ca_key, ec.EllipticCurvePublicKey):
-        return ec.generate_private_key(ca_key.curve)
-    return rsa.generate_private_key(public_exponent=65537, key_size=ca_key.key_size)
 
 
 def _findings(results: Any) -> list[Finding]:
@@ -221,14 +212,12 @@ MAX_SHAPES = 4096
 class Linter:
     """pkilint's RFC 5280 checks, with the verdict on each certificate shape kept."""
 
-    def __init__(self, *, cache: bool = True) -> None:
+    def __init__(self) -> None:
         self._validator = _validator()
         self._crl_validator = _crl_validator()
         self._loader = loader.RFC5280CertificateDocumentLoader()
         self._crl_loader = loader.RFC5280CertificateListDocumentLoader()
-        self._throwaway: dict[str, ThrowawayKey] = {}
         self._lock = threading.Lock()
-        self._cache = cache
         self._verdicts: dict[tuple[Hashable, ...], tuple[Finding, ...]] = {}
         self.shapes_linted = 0  # how many whole pkilint runs the cache needed
 
@@ -246,28 +235,11 @@ class Linter:
         """The findings that refuse a certificate."""
         return _refusals(self.findings(der))
 
-    def _throwaway_like(self, ca_key: CAPublicKey) -> ThrowawayKey:
-        kind = _ca_kind(ca_key)
-        with self._lock:
-            key = self._throwaway.get(kind)
-            if key is None:
-                key = self._throwaway[kind] = _generate_like(ca_key)
-            return key
-
-    def _whole(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> list[Finding]:
-        copy = builder.sign(self._throwaway_like(ca_key), signature_hash(ca_key))
-        return self.errors(copy.public_bytes(Encoding.DER))
-
     def refusals(self, builder: x509.CertificateBuilder, ca_key: CAPublicKey) -> list[Finding]:
         """The findings that would refuse this template, as pkilint run whole finds them."""
-        return self._judge(builder, stand_in_copy(builder, ca_key), ca_key)
+        return self._judge(stand_in_copy(builder, ca_key), ca_key)
 
-    def _judge(
-        self, builder: x509.CertificateBuilder, copy: x509.Certificate, ca_key: CAPublicKey
-    ) -> list[Finding]:
-        if not self._cache:
-            # The reference: pkilint whole, on a certificate with a real signature.
-            return self._whole(builder, ca_key)
+    def _judge(self, copy: x509.Certificate, ca_key: CAPublicKey) -> list[Finding]:
         shape = _shape(copy, ca_key)
         verdict = self._verdicts.get(shape)
         if verdict is None:
@@ -287,7 +259,7 @@ class Linter:
         """Refuse the template unless it lints clean; return the copy that was linted
         (``stand_in_copy``), whose to-be-signed bytes the CA key is to sign."""
         copy = stand_in_copy(builder, ca_key)
-        errors = self._judge(builder, copy, ca_key)
+        errors = self._judge(copy, ca_key)
         if errors:
             raise InvalidArgument(
                 "the certificate would not pass lint, so it was not signed: "
