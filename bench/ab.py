@@ -83,15 +83,17 @@ def main() -> int:
                 phases[name].append(phase)
                 print(
                     f"{name:>12}: {phase.rate:5.0f} certs/s, p99 {phase.p99_ms:6.1f} ms, "
-                    f"{phase.server_cpu_ms_per_cert:.2f} ms CPU/cert, other cores "
-                    f"{phase.other_cores:.2f}, errors {phase.errors}",
+                    f"{phase.server_cpu_ms_per_cert:.2f} ms CPU/cert, idle cores "
+                    f"{phase.idle_cores:.2f}, {phase.switches_per_cert:.0f} switches/cert, "
+                    f"other cores {phase.other_cores:.2f}, errors {phase.errors}",
                     flush=True,
                 )
     for name, runs in phases.items():
         print(
             f"{name:>12} median: {statistics.median(p.rate for p in runs):.0f} certs/s, "
             f"p99 {statistics.median(p.p99_ms for p in runs):.1f} ms, "
-            f"{statistics.median(p.server_cpu_ms_per_cert for p in runs):.2f} ms CPU/cert"
+            f"{statistics.median(p.server_cpu_ms_per_cert for p in runs):.2f} ms CPU/cert, "
+            f"idle cores {statistics.median(p.idle_cores for p in runs):.2f}"
         )
     return 1 if any(p.errors for runs in phases.values() for p in runs) else 0
 

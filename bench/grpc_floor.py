@@ -141,26 +141,27 @@ def main() -> int:
             def spent() -> float:
                 return sum(procstat.cpu_seconds(s.pid).get(s.pid, 0.0) for s in servers)
 
+            def mark(when: str) -> None:
+                cpu[when] = spent()
+                cpu[f"{when} switches"] = sum(procstat.context_switches(s.pid) for s in servers)
+
             args = [
                 "-mode", "grpc", "-target", f"127.0.0.1:{port}",
                 "-body", str(directory / "request.bin"), "-ca", str(directory / "ca.crt"),
                 "-cert", str(directory / "client.crt"), "-key", str(directory / "client.key"),
                 "-c", "16", "-seconds", seconds,
             ]  # fmt: skip
-            result = loadgen.run_phase(
-                args,
-                lambda: cpu.__setitem__("before", spent()),
-                lambda: cpu.__setitem__("after", spent()),
-            )
+            result = loadgen.run_phase(args, lambda: mark("before"), lambda: mark("after"))
         finally:
             for server in servers:
                 server.kill()
                 server.wait()
     per_request = 1000 * (cpu["after"] - cpu["before"]) / max(result.completed, 1)
+    switches = (cpu["after switches"] - cpu["before switches"]) / max(result.completed, 1)
     print(
         f"grpc {mode}, {processes} process(es), 16 connections: {result.rate:.0f} requests/s, "
         f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}, "
-        f"server CPU {per_request:.3f} ms/request, "
+        f"server CPU {per_request:.3f} ms/request, {switches:.1f} context switches/request, "
         f"load generator {result.loadgen_cpu_seconds / result.seconds:.2f} cores"
     )
     return 0

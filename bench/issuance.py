@@ -153,6 +153,8 @@ class Phase:
     server_cores: float
     loadgen_cores: float
     other_cores: float
+    idle_cores: float  # cores the machine left idle: the server waited on something else
+    switches_per_cert: float  # context switches of the server's threads per certificate
 
     @property
     def rate(self) -> float:
@@ -169,10 +171,14 @@ def measure(
     def start() -> None:
         cpu_before.update(procstat.cpu_seconds(root_pid))
         marks["machine"] = procstat.machine_busy_seconds()
+        marks["idle"] = procstat.machine_idle_seconds()
+        marks["switches"] = procstat.context_switches(root_pid)
 
     def end() -> None:
         cpu_after.update(procstat.cpu_seconds(root_pid))
         marks["machine"] = procstat.machine_busy_seconds() - marks["machine"]
+        marks["idle"] = procstat.machine_idle_seconds() - marks["idle"]
+        marks["switches"] = procstat.context_switches(root_pid) - marks["switches"]
 
     seconds = PHASE_SECONDS[connections]
     result = loadgen.run_phase(
@@ -194,6 +200,8 @@ def measure(
         server_cores=server_cpu / result.seconds,
         loadgen_cores=result.loadgen_cpu_seconds / result.seconds,
         other_cores=other / result.seconds,
+        idle_cores=marks["idle"] / result.seconds,
+        switches_per_cert=marks["switches"] / result.completed if result.completed else 0,
     )
 
 
@@ -270,7 +278,8 @@ def bench_algorithm(algorithm: KeyAlgorithm, csr: bytes) -> Run:
 
 HEADER = (
     "server", "CA key", "conns", "certs", "errors", "certs/s", "p50 ms", "p99 ms",
-    "srv CPU ms/cert", "srv cores", "loadgen cores", "other cores",
+    "srv CPU ms/cert", "srv cores", "loadgen cores", "other cores", "idle cores",
+    "switches/cert",
 )  # fmt: skip
 
 
@@ -283,7 +292,8 @@ def table(runs: Sequence[Run]) -> str:
                     p.server, p.algorithm, str(p.connections), str(p.completed), str(p.errors),
                     f"{p.rate:.0f}", f"{p.p50_ms:.1f}", f"{p.p99_ms:.1f}",
                     f"{p.server_cpu_ms_per_cert:.2f}", f"{p.server_cores:.2f}",
-                    f"{p.loadgen_cores:.2f}", f"{p.other_cores:.2f}",
+                    f"{p.loadgen_cores:.2f}", f"{p.other_cores:.2f}", f"{p.idle_cores:.2f}",
+                    f"{p.switches_per_cert:.1f}",
                 )
             )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
@@ -314,6 +324,9 @@ def summary(run: Run) -> list[str]:
         f"{cpu_ratio:.1f}x; raw HSM {run.raw[1]:.0f} signs/s in 1 process, "
         f"{run.raw.get(2, float('nan')):.0f} in 2: kubeca is {100 * kubeca.rate / raw:.0f}% "
         f"of the raw rate in {min(WORKERS, max(run.raw))} process(es)",
+        f"  while kubeca served, {kubeca.idle_cores:.2f} of {os.cpu_count()} cores stood idle "
+        f"and its threads switched {kubeca.switches_per_cert:.0f} times per certificate "
+        f"(cfssl: {peer.idle_cores:.2f} idle, {peer.switches_per_cert:.0f} switches)",
         "  peak RSS MB: kubeca workers "
         + "/".join(f"{mb:.0f}" for mb in rss["kubeca"])
         + ", cfssl "

@@ -50,11 +50,44 @@ def spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(used - before.get(pid, 0.0) for pid, used in after.items())
 
 
+def _machine() -> list[int]:
+    """The first eight fields of /proc/stat's "cpu" line: user .. steal, in ticks."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent not idle since boot."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    fields = _machine()
     idle, iowait = fields[3], fields[4]
     return (sum(fields) - idle - iowait) / CLOCK_TICKS
+
+
+def machine_idle_seconds() -> float:
+    """CPU seconds all cores spent idle (or waiting on I/O) since boot: a server that
+    leaves cores idle under load is waiting on something other than the CPU."""
+    fields = _machine()
+    return (fields[3] + fields[4]) / CLOCK_TICKS
+
+
+def context_switches(root: int) -> int:
+    """Context switches so far, voluntary and not, of every live thread of ``root`` and
+    each process under it (/proc/PID/task/TID/status; a thread that has exited is no
+    longer listed, so this suits servers whose threads live as long as they do)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = (task / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
 
 
 def peak_rss_mb(root: int) -> dict[int, float]:
