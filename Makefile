@@ -8,10 +8,12 @@ PY := $(BIN)/python
 # another package (e.g. a cloud SDK), so it is only installed when no kubectl exists.
 # PostgreSQL's server binaries live off PATH (/usr/lib/postgresql/15/bin): its probe is
 # pg_ctlcluster (postgresql-common, which postgresql-15 brings). p11-kit-modules gives
-# p11-kit-client.so, the module the replica tests load to reach one shared token.
+# p11-kit-client.so, the module the replica tests load to reach one shared token, in
+# the architecture's multiarch directory (as tests/replica_cluster.py finds it).
+MULTIARCH := $(shell $(PYTHON) -c 'import platform, sysconfig; print(sysconfig.get_config_var("MULTIARCH") or platform.machine() + "-linux-gnu")')
 DEB_NEEDS := softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl etcd:etcd-server etcdctl:etcd-client kubectl:kubernetes-client \
 	pg_ctlcluster:postgresql-15 psql:postgresql-client-15 p11-kit:p11-kit \
-	/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so:p11-kit-modules
+	/usr/lib/$(MULTIARCH)/pkcs11/p11-kit-client.so:p11-kit-modules
 # What `make bench` adds, by a file that proves each is there (grpc-go is a source tree,
 # no command): the peer CA, and Go with grpc-go to build the native load generator.
 BENCH_DEB_NEEDS := /usr/bin/cfssl:golang-cfssl /usr/bin/go:golang-go /usr/share/gocode/src/google.golang.org/grpc/server.go:golang-google-grpc-dev

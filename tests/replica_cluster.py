@@ -13,9 +13,11 @@ replicas then run on that.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import subprocess
+import sysconfig
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,7 +32,10 @@ from kubeca_server.store.postgres import PostgresStore
 from tests.postgres_server import PASSWORD, PostgresServer
 from tests.support import SOFTHSM_MODULE, RunningServer, Token, write_server_config
 
-P11_KIT_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+# Debian installs PKCS#11 modules under the architecture's multiarch directory
+# (x86_64-linux-gnu, aarch64-linux-gnu, ...), which its Python knows.
+MULTIARCH = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+P11_KIT_CLIENT = f"/usr/lib/{MULTIARCH}/pkcs11/p11-kit-client.so"
 
 
 @dataclass(frozen=True)
