@@ -32,19 +32,25 @@ def test_context_switches_count_the_other_threads_of_the_process() -> None:
 
 
 def test_context_switches_take_in_the_processes_under_the_root() -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfor _ in range(50): time.sleep(0.001)\ninput()"],
+    # The root blocks once in wait(); its child sleeps 200 times (a switch each), then
+    # blocks on input(). Only counting the child makes the root's count reach 200.
+    grandchild = "import time\nfor _ in range(200): time.sleep(0.001)\ninput()"
+    root = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {grandchild!r}])",
+        ],
         stdin=subprocess.PIPE,
     )
     try:
-        assert child.pid in procstat.tree(os.getpid())
         deadline = time.monotonic() + 30
-        # The child sleeps 50 times (a switch each) before it blocks on input().
-        while procstat.context_switches(child.pid) < 50:
+        while procstat.context_switches(root.pid) < 200:
             assert time.monotonic() < deadline, "the child's switches were not counted"
             time.sleep(0.05)
+        assert len(procstat.tree(root.pid)) == 2
     finally:
-        child.communicate(b"\n", timeout=30)
+        root.communicate(b"\n", timeout=30)
 
 
 def test_a_process_that_is_gone_counts_nothing() -> None:
