@@ -7,9 +7,13 @@ For each CA key type (ECDSA P-256, RSA-2048), in one run on the same machine:
   process and in two at once (each process has its own session, like each worker);
 - kubeca serve with one worker per core, every safeguard on (mutual TLS, pkilint before
   signing, HSM signature, durable audit record and inventory row before the answer);
+- the stack's floor at 16 connections (bench/grpc_floor.py "bare"): what cfssl does per
+  certificate, on grpcio, cryptography and python-pkcs11 with the same HSM key, and
+  none of kubeca's safeguards: what this stack costs before any safeguard;
 - cfssl 1.2 serve (Debian's golang-cfssl) with a file CA key of the same type;
 each server driven by the same native load generator (bench/go/loadgen, Go) with 1, 4, 16 and
-64 connections, one request in flight on each, all signing the same P-256 leaf CSR.
+64 connections (the floor at 16 only), one request in flight on each, all signing the same
+P-256 leaf CSR.
 
 It prints certs/s, p50/p99 latency, server CPU per certificate (from /proc), peak RSS per
 process, the load generator's CPU, and the ratios to cfssl and to the raw HSM rate, and
@@ -42,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding  # noqa: E402
 from kubeca_client._proto.kubeca.v1 import kubeca_pb2 as pb  # noqa: E402
 from kubeca_client.keys import KeyAlgorithm, build_csr, generate_private_key  # noqa: E402
 
-from bench import cfssl, loadgen, procstat  # noqa: E402
+from bench import cfssl, grpc_floor, loadgen, procstat  # noqa: E402
 from tests.support import (  # noqa: E402
     SOFTHSM_MODULE,
     RunningServer,
@@ -56,6 +60,7 @@ from tests.support import (  # noqa: E402
 CA_ALGORITHMS = (KeyAlgorithm.ECDSA_P256, KeyAlgorithm.RSA_2048)
 PROFILE = "admin"  # no parameters; signed by kubernetes-ca
 CA_KEY_LABEL = "kubeca/kubernetes-ca"
+FLOOR = "floor"  # the stack's floor: bench_floor
 CONCURRENCY = (1, 4, 16, 64)
 HEADLINE = 16  # the concurrency of the issue's goals, measured longer
 PHASE_SECONDS = {1: 3.0, 4: 3.0, 16: 6.0, 64: 3.0}
@@ -140,7 +145,7 @@ def raw_rates(token: Token) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class Phase:
-    server: str  # "kubeca" or "cfssl"
+    server: str  # "kubeca", FLOOR or "cfssl"
     algorithm: str
     connections: int
     completed: int
@@ -221,9 +226,8 @@ def issue_request(csr: bytes) -> bytes:
 
 
 def bench_kubeca(
-    base: Path, algorithm: KeyAlgorithm, csr: bytes, phases: list[Phase]
+    base: Path, token: Token, algorithm: KeyAlgorithm, csr: bytes, phases: list[Phase]
 ) -> tuple[dict[int, float], list[float]]:
-    token = make_token(base / "token", label=f"bench-{algorithm.value.lower()}")
     config = write_server_config(base / "server", token, key_algorithm=algorithm.value)
     run_server_cli(config, token, "init")
     raw = raw_rates(token)  # before the server starts: no competition for the cores
@@ -249,6 +253,21 @@ def bench_kubeca(
     return raw, sorted(workers, reverse=True)
 
 
+def bench_floor(
+    base: Path, token: Token, algorithm: KeyAlgorithm, csr: bytes, phases: list[Phase]
+) -> None:
+    """The stack's floor (bench/grpc_floor.py "bare": cfssl's work per certificate on
+    grpcio, cryptography and python-pkcs11, none of kubeca's safeguards) at the headline
+    concurrency, with the kubernetes-ca key kubeca signed with, one process per core."""
+    tls = grpc_floor.credentials(base / "floor")
+    body = base / "issue.bin"
+    body.write_bytes(issue_request(csr))
+    environment = grpc_floor.token_environment(token.conf, token.label, token.pin)
+    with grpc_floor.serving("bare", base / "floor", WORKERS, environment) as (root, address):
+        args = ["-mode", "grpc", "-target", address, "-body", str(body), *tls]
+        phases.append(measure(FLOOR, algorithm, root.pid, HEADLINE, args))
+
+
 def bench_cfssl(
     base: Path, algorithm: KeyAlgorithm, csr: bytes, phases: list[Phase]
 ) -> list[float]:
@@ -267,8 +286,11 @@ def bench_algorithm(algorithm: KeyAlgorithm, csr: bytes) -> Run:
     with tempfile.TemporaryDirectory(prefix="kubeca-bench-") as scratch:
         base = Path(scratch)
         phases: list[Phase] = []
-        raw, kubeca_rss = bench_kubeca(base, algorithm, csr, phases)
+        token = make_token(base / "token", label=f"bench-{algorithm.value.lower()}")
+        raw, kubeca_rss = bench_kubeca(base, token, algorithm, csr, phases)
         print(f"  {algorithm.value}: kubeca done", flush=True)
+        bench_floor(base, token, algorithm, csr, phases)
+        print(f"  {algorithm.value}: stack floor done", flush=True)
         cfssl_rss = bench_cfssl(base, algorithm, csr, phases)
         print(f"  {algorithm.value}: cfssl done", flush=True)
         return Run(algorithm.value, raw, phases, {"kubeca": kubeca_rss, "cfssl": cfssl_rss})
@@ -314,6 +336,7 @@ def summary(run: Run) -> list[str]:
         if peer.server_cpu_ms_per_cert
         else float("nan")
     )
+    floor = _at(run, FLOOR, HEADLINE)
     rss = run.rss_mb
     return [
         f"{run.algorithm} at {HEADLINE} connections: kubeca {kubeca.rate:.0f} certs/s "
@@ -327,6 +350,10 @@ def summary(run: Run) -> list[str]:
         f"  while kubeca served, {kubeca.idle_cores:.2f} of {os.cpu_count()} cores stood idle "
         f"and its threads switched {kubeca.switches_per_cert:.0f} times per certificate "
         f"(cfssl: {peer.idle_cores:.2f} idle, {peer.switches_per_cert:.0f} switches)",
+        f"  stack floor (cfssl's work on grpcio, cryptography and python-pkcs11, no "
+        f"safeguards): {floor.rate:.0f} certs/s (p99 {floor.p99_ms:.1f} ms, "
+        f"{floor.server_cpu_ms_per_cert:.2f} ms CPU/cert), {floor.rate / peer.rate:.2f} of "
+        f"cfssl's rate; kubeca is {100 * kubeca.rate / floor.rate:.0f}% of it",
         "  peak RSS MB: kubeca workers "
         + "/".join(f"{mb:.0f}" for mb in rss["kubeca"])
         + ", cfssl "
@@ -347,6 +374,8 @@ def plot(runs: Sequence[Run], path: Path) -> None:
             axis.plot(
                 [p.connections for p in phases], [p.rate for p in phases], style, label=server
             )
+        floor = _at(run, FLOOR, HEADLINE)
+        axis.plot([floor.connections], [floor.rate], "k^", label="stack floor (no safeguards)")
         axis.axhline(run.raw[1], color="grey", linestyle=":", label="raw HSM, 1 process")
         if 2 in run.raw:
             axis.axhline(run.raw[2], color="black", linestyle=":", label="raw HSM, 2 processes")
