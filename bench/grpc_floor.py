@@ -92,11 +92,8 @@ def _credentials(directory: Path) -> grpc.ServerCredentials:
     )
 
 
-def _serve_sync(directory: Path, port: int) -> None:
-    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
-        context.auth_context()
-        return REPLY
-
+def _serve_threads(directory: Path, port: int, handle: Any) -> None:
+    """grpcio's sync server, as kubeca's workers run it (16 RPC threads)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 1)]
     )
@@ -106,6 +103,14 @@ def _serve_sync(directory: Path, port: int) -> None:
     server.start()
     _ready(directory)
     server.wait_for_termination()
+
+
+def _serve_sync(directory: Path, port: int) -> None:
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.auth_context()
+        return REPLY
+
+    _serve_threads(directory, port, handle)
 
 
 def _serve_aio(directory: Path, port: int) -> None:
@@ -137,8 +142,24 @@ def _bare_handler() -> Any:
     key = backend.find_key(CA_KEY_LABEL)
     assert key is not None, f"the token has no key {CA_KEY_LABEL!r}"
     issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubeadm:cluster-admins"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin"),
+        ]
+    )
     authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
-    usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=True,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
     client_auth = x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -149,12 +170,6 @@ def _bare_handler() -> Any:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "csr signature does not verify")
         public = csr.public_key()
         now = datetime.now(UTC)
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kubeadm:cluster-admins"),
-                x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin"),
-            ]
-        )
         certificate = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -176,15 +191,7 @@ def _bare_handler() -> Any:
 
 
 def _serve_bare(directory: Path, port: int) -> None:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 1)]
-    )
-    handlers = {METHOD: grpc.unary_unary_rpc_method_handler(_bare_handler())}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_secure_port(f"127.0.0.1:{port}", _credentials(directory))
-    server.start()
-    _ready(directory)
-    server.wait_for_termination()
+    _serve_threads(directory, port, _bare_handler())
 
 
 SERVERS = {"sync": _serve_sync, "aio": _serve_aio, "bare": _serve_bare}
@@ -294,10 +301,11 @@ def main() -> int:
         if mode == "bare":
             request, environment = _bare_request(directory, algorithm)
         (directory / "request.bin").write_bytes(request)
-        issuance.PHASE_SECONDS[issuance.HEADLINE] = seconds
         with serving(mode, directory / "tls", processes, environment) as (root, address):
             args = ["-mode", "grpc", "-target", address, "-body", str(directory / "request.bin")]
-            phase = issuance.measure(mode, algorithm, root.pid, issuance.HEADLINE, [*args, *tls])
+            phase = issuance.measure(
+                mode, algorithm, root.pid, issuance.HEADLINE, [*args, *tls], seconds
+            )
     print(
         f"grpc {mode}"
         + (f" ({algorithm.value} CA key)" if mode == "bare" else "")

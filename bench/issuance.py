@@ -167,7 +167,12 @@ class Phase:
 
 
 def measure(
-    server: str, algorithm: KeyAlgorithm, root_pid: int, connections: int, args: list[str]
+    server: str,
+    algorithm: KeyAlgorithm,
+    root_pid: int,
+    connections: int,
+    args: list[str],
+    seconds: float | None = None,  # None: the bench's own length for ``connections``
 ) -> Phase:
     marks: dict[str, float] = {}
     cpu_before: dict[int, float] = {}
@@ -185,7 +190,7 @@ def measure(
         marks["idle"] = procstat.machine_idle_seconds() - marks["idle"]
         marks["switches"] = procstat.context_switches(root_pid) - marks["switches"]
 
-    seconds = PHASE_SECONDS[connections]
+    seconds = PHASE_SECONDS[connections] if seconds is None else seconds
     result = loadgen.run_phase(
         [*args, "-c", str(connections), "-seconds", str(seconds)], start, end
     )
